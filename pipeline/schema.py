@@ -1,0 +1,150 @@
+"""The data contract: column names, Arrow types and status values of every table vidcat owns.
+
+Other modules import names from here instead of spelling column strings themselves, so a
+rename is one edit and `docs/table-schema.md` has one source to follow.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import pyarrow as pa
+
+#: Width of the shared video/text embedding space (InternVideo2 stage-2 projections).
+EMBED_DIM = 512
+#: Bumped whenever a column is added, removed or changes meaning; stored in table metadata.
+SCHEMA_VERSION = "1"
+SCHEMA_VERSION_KEY = b"vidcat.schema_version"
+
+# ---- manifest -------------------------------------------------------------------------
+VIDEO_ID = "video_id"
+URI = "uri"
+VERSION = "version"
+START_S = "start_s"
+END_S = "end_s"
+MANIFEST_REQUIRED = (VIDEO_ID, URI)
+MANIFEST_OPTIONAL = (VERSION, START_S, END_S)
+
+# ---- embeddings table -----------------------------------------------------------------
+CLIP_ID = "clip_id"
+CLIP_INDEX = "clip_index"
+CLIP_START_S = "clip_start_s"
+CLIP_END_S = "clip_end_s"
+EMBEDDING = "embedding"
+MODEL = "model"
+SIGNATURE = "signature"
+NUM_FRAMES = "num_frames"
+FRAME_INDICES = "frame_indices"
+DECODER = "decoder"
+CONTENT_VERSION = "content_version"
+EMBEDDED_AT = "embedded_at"
+
+# ---- errors table ---------------------------------------------------------------------
+STATUS = "status"
+MESSAGE = "message"
+ATTEMPTS = "attempts"
+FAILED_AT = "failed_at"
+
+# ---- vision-token side table (opt-in, for re-ranking) ----------------------------------
+VISION_TOKENS = "vision_tokens"
+VISION_TOKENS_SHAPE = "vision_tokens_shape"
+
+#: In-flight column carrying decoded frames between the decode and embed stages
+#: (uint8 `[T, 224, 224, 3]` per clip); never written to a table.
+FRAMES = "frames"
+
+
+class Status(enum.StrEnum):
+    """Outcome of one manifest row. Everything but ``OK`` becomes an errors-table row."""
+
+    OK = "ok"
+    URI_REJECTED = "uri_rejected"  # scheme/path not allowed; no request was made
+    FETCH_ERROR = "fetch_error"  # object missing, access denied, network failure
+    PROBE_FAILED = "probe_failed"  # container unreadable (0-byte, random bytes, truncated header)
+    NO_VIDEO_STREAM = "no_video_stream"  # e.g. audio-only file
+    TOO_FEW_FRAMES = "too_few_frames"  # fewer decodable frames than the clip needs (0)
+    RESOLUTION_EXCEEDED = "resolution_exceeded"  # width/height/duration beyond the limits
+    DECODE_ERROR = "decode_error"  # both decoders raised
+    DECODER_CRASH = "decoder_crash"  # the isolated decode process died (segfault, abort)
+    TIMEOUT = "timeout"  # the isolated decode process exceeded its wall-clock budget
+    OOM = "oom"  # the isolated decode process hit its memory cap
+    EMBED_ERROR = "embed_error"  # the model raised on this clip's batch
+
+
+#: Failures worth retrying on the next incremental run (transient by nature).
+RETRYABLE = frozenset({Status.FETCH_ERROR, Status.TIMEOUT, Status.DECODER_CRASH})
+
+
+def embeddings_schema(metadata_fields: tuple[pa.Field, ...] = ()) -> pa.Schema:
+    """Arrow schema of the embeddings table.
+
+    Args:
+        metadata_fields: manifest columns carried through as metadata, appended at the end.
+    """
+    fields = [
+        pa.field(CLIP_ID, pa.string(), nullable=False),
+        pa.field(VIDEO_ID, pa.string(), nullable=False),
+        pa.field(CLIP_INDEX, pa.int32(), nullable=False),
+        pa.field(CLIP_START_S, pa.float64()),
+        pa.field(CLIP_END_S, pa.float64()),
+        pa.field(URI, pa.string(), nullable=False),
+        pa.field(EMBEDDING, pa.list_(pa.float32(), EMBED_DIM), nullable=False),
+        pa.field(MODEL, pa.string(), nullable=False),
+        pa.field(SIGNATURE, pa.string(), nullable=False),
+        pa.field(NUM_FRAMES, pa.int32(), nullable=False),
+        pa.field(FRAME_INDICES, pa.list_(pa.int32())),
+        pa.field(DECODER, pa.string()),
+        pa.field(CONTENT_VERSION, pa.string()),
+        pa.field(EMBEDDED_AT, pa.timestamp("us", tz="UTC"), nullable=False),
+        *metadata_fields,
+    ]
+    return pa.schema(fields, metadata={SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode()})
+
+
+def errors_schema() -> pa.Schema:
+    """Arrow schema of the `<table>_errors` table: one row per failed video."""
+    return pa.schema(
+        [
+            pa.field(VIDEO_ID, pa.string(), nullable=False),
+            pa.field(URI, pa.string(), nullable=False),
+            pa.field(STATUS, pa.string(), nullable=False),
+            pa.field(MESSAGE, pa.string()),
+            pa.field(ATTEMPTS, pa.int32(), nullable=False),
+            pa.field(CONTENT_VERSION, pa.string()),
+            pa.field(SIGNATURE, pa.string()),
+            pa.field(DECODER, pa.string()),
+            pa.field(FAILED_AT, pa.timestamp("us", tz="UTC"), nullable=False),
+        ],
+        metadata={SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode()},
+    )
+
+
+def vision_tokens_schema() -> pa.Schema:
+    """Arrow schema of the optional `<table>_vision_tokens` side table.
+
+    Tokens are the vision encoder's final hidden states `[1 + 256*T, 1408]` stored as raw
+    bfloat16 bytes (Arrow has no bf16 type) with their shape beside them.
+    """
+    return pa.schema(
+        [
+            pa.field(CLIP_ID, pa.string(), nullable=False),
+            pa.field(VIDEO_ID, pa.string(), nullable=False),
+            pa.field(SIGNATURE, pa.string(), nullable=False),
+            pa.field(VISION_TOKENS, pa.large_binary(), nullable=False),
+            pa.field(VISION_TOKENS_SHAPE, pa.list_(pa.int32(), 2), nullable=False),
+        ],
+        metadata={SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode()},
+    )
+
+
+def clip_id(video_id: str, clip_index: int) -> str:
+    """Stable key of one clip: the video id and the clip's ordinal within it."""
+    return f"{video_id}#{clip_index:05d}"
+
+
+def errors_table_name(table: str) -> str:
+    return f"{table}_errors"
+
+
+def vision_tokens_table_name(table: str) -> str:
+    return f"{table}_vision_tokens"

@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+import torch
+
+from models.internvideo2.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    middle_frame_indices,
+    normalize_frames,
+    resize_frames,
+    window_frame_indices,
+)
+
+
+def reference_middle(n, t):
+    # The rule written out longhand: T segments [a, b), middle frame (a + b - 1) // 2.
+    segs = min(t, n)
+    bounds = [int(x) for x in np.linspace(0, n, segs + 1)]
+    idx = [(bounds[i] + bounds[i + 1] - 1) // 2 for i in range(segs)]
+    return idx + [idx[-1]] * (t - segs)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 75, 100, 1001])
+@pytest.mark.parametrize("t", [1, 4, 8, 16])
+def test_middle_sampling_matches_the_rule(n, t):
+    got = middle_frame_indices(n, t)
+    assert got.tolist() == reference_middle(n, t)
+    assert got.min() >= 0 and got.max() < n
+
+
+def test_middle_sampling_known_values():
+    assert middle_frame_indices(100, 4).tolist() == [12, 37, 62, 87]
+    assert middle_frame_indices(2, 4).tolist() == [0, 1, 1, 1]  # short video: last repeated
+
+
+def test_window_sampling_offsets_and_clamps():
+    got = window_frame_indices(25.0, 10.0, 20.0, 1000, 4)
+    assert got.tolist() == (middle_frame_indices(250, 4) + 250).tolist()
+    # A window running past the end is clamped to the video's frames.
+    tail = window_frame_indices(25.0, 30.0, 40.0, 800, 4)
+    assert tail.max() < 800 and tail.min() >= 750
+    with pytest.raises(ValueError):
+        window_frame_indices(25.0, 5.0, 5.0, 100, 4)
+    with pytest.raises(ValueError):
+        window_frame_indices(25.0, 50.0, 60.0, 100, 4)
+
+
+def test_invalid_counts():
+    with pytest.raises(ValueError):
+        middle_frame_indices(0, 4)
+    with pytest.raises(ValueError):
+        middle_frame_indices(10, 0)
+
+
+def test_resize_is_bicubic_without_crop():
+    frames = np.zeros((2, 48, 64, 3), np.uint8)
+    frames[:, :, 32:] = 255  # right half white: stays the right half after a non-cropping resize
+    out = resize_frames(frames)
+    assert out.shape == (2, 224, 224, 3) and out.dtype == np.uint8
+    assert out[:, :, :100].max() == 0 and out[:, :, 124:].min() == 255
+    same = np.random.default_rng(0).integers(0, 255, (1, 224, 224, 3), dtype=np.uint8)
+    assert np.array_equal(resize_frames(same), same)
+
+
+def test_normalize_layout_and_values():
+    frames = torch.zeros(2, 4, 8, 8, 3, dtype=torch.uint8)
+    frames[..., 0] = 255
+    out = normalize_frames(frames)
+    assert out.shape == (2, 4, 3, 8, 8) and out.dtype == torch.float32
+    assert torch.allclose(out[:, :, 0], torch.tensor((1 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]))
+    assert torch.allclose(out[:, :, 1], torch.tensor(-IMAGENET_MEAN[1] / IMAGENET_STD[1]))
+    assert normalize_frames(frames, dtype=torch.bfloat16).dtype == torch.bfloat16
+    with pytest.raises(TypeError):
+        normalize_frames(frames.float())
