@@ -63,7 +63,7 @@ def load_tokenizer(name_or_path: str | os.PathLike = BERT_REPO, *, revision: str
 def tokenize(
     tokenizer, texts: Sequence[str], max_length: int = DEFAULT_MAX_LENGTH
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad to `max_length` and truncate, like the reference. Returns `(input_ids, mask)` `[B, L]`."""
+    """Pad to `max_length` and truncate like the reference; returns ids and mask `[B, L]`."""
     if isinstance(texts, str):
         texts = [texts]
     if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
