@@ -141,6 +141,47 @@ def _download_hub(repo_spec: str, cache: Path) -> Path:
     return Path(path)
 
 
+def checkpoint_identity(
+    checkpoint: str | os.PathLike, *, s3_endpoint_url: str | None = None
+) -> str:
+    """A content identity for `checkpoint` that never downloads the weights.
+
+    Local files: their sha256 (cached beside them). `s3://`: the object's ETag. Hub ids:
+    the commit sha (`repo@<40-hex sha>` is taken as given; other revisions are resolved
+    through the hub API, which needs network).
+    """
+    text = os.fspath(checkpoint)
+    if text.startswith("s3://"):
+        import boto3
+
+        bucket, _, key = text.removeprefix("s3://").partition("/")
+        try:
+            head = boto3.client("s3", endpoint_url=s3_endpoint_url).head_object(
+                Bucket=bucket, Key=key
+            )
+        except Exception as exc:
+            raise CheckpointError(f"cannot read s3://{bucket}/{key}: {exc}") from exc
+        return f"s3etag:{head['ETag'].strip(chr(34))}"
+    local = Path(text.removeprefix("file://")).expanduser()
+    if local.exists():
+        return file_digest(local)
+    if not _HUB_ID.match(text):
+        raise CheckpointError(f"checkpoint not found: {text!r}")
+    repo_id, _, revision = text.partition("@")
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        return f"hub:{repo_id}@{revision}"
+    try:
+        from huggingface_hub import HfApi
+
+        sha = HfApi().model_info(repo_id, revision=revision or None).sha
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot resolve {text!r} to a commit ({type(exc).__name__}); pin it as "
+            f"{repo_id}@<commit sha> or use a local/s3 copy"
+        ) from exc
+    return f"hub:{repo_id}@{sha}"
+
+
 # ---- reading ----------------------------------------------------------------------------
 
 
@@ -349,6 +390,7 @@ def random_internvideo2(
     Weights are drawn so activations stay well scaled (norm weights near 1, LayerScale
     0.1, linear weights N(0, 0.02)); the digest names the config and seed.
     """
+    # Drawn on the CPU so a seed gives the same weights on every device.
     gen = torch.Generator().manual_seed(seed)
     model = InternVideo2(config)
     with torch.no_grad():
@@ -356,9 +398,9 @@ def random_internvideo2(
             if name.endswith("gamma"):
                 p.fill_(0.1)
             elif "norm" in name.lower() and name.endswith("weight"):
-                p.copy_(1.0 + 0.02 * torch.randn(p.shape, generator=gen))
+                p.normal_(1.0, 0.02, generator=gen)
             else:
-                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+                p.normal_(0.0, 0.02, generator=gen)
     cfg_hash = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
     model.checkpoint_digest = f"random:seed{seed}:{cfg_hash[:12]}"
     return _freeze(model.to(device=device, dtype=dtype))

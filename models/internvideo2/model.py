@@ -54,6 +54,14 @@ class InternVideo2(nn.Module):
         Compiling block by block keeps compile time to about one block's and fuses the
         RMSNorm / LayerScale / GELU element-wise work around the matmuls.
         """
+        import torch._dynamo
+
+        # Each block is a separate module; make sure the graph cache can hold all of them
+        # rather than silently falling back to eager after the default recompile limit.
+        limit = 2 * len(self.vision_encoder.blocks)
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
         for i, block in enumerate(self.vision_encoder.blocks):
             self.vision_encoder.blocks[i] = torch.compile(block, **compile_kwargs)
 
