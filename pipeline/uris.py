@@ -1,0 +1,179 @@
+"""Which manifest URIs vidcat may read, and how they are shown.
+
+Every URI is checked here before anything touches the filesystem or the network: only
+`s3://bucket/key`, `file:///abs/path` and plain paths under an allowed root pass. The
+checks are pure string work plus `os.path.realpath` (which follows symlinks with
+`lstat`/`readlink`, never `open`), so a rejected URI costs no request and no file open.
+
+:func:`redact_uri` is applied to every URI that reaches a table, a log line or an error
+message, so credentials or presigned-URL signatures pasted into a manifest never leak.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import unquote
+
+# RFC 3986 scheme; a single letter followed by ':' is treated as a scheme too.
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
+# Lenient S3 bucket rule (AWS plus legacy/MinIO names): no ':', '@', '/' or spaces.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._\-]{1,254}$")
+_MAX_SHOWN = 1024
+
+
+class UriRejected(ValueError):
+    """A URI vidcat refuses to read. The message holds only the redacted URI."""
+
+
+@dataclass(frozen=True)
+class ResolvedUri:
+    """Where one video lives, after validation.
+
+    Attributes:
+        kind: "s3" or "local".
+        bucket: S3 bucket ("" for local files).
+        key: S3 object key ("" for local files).
+        path: absolute, symlink-free local path ("" for S3 objects).
+    """
+
+    kind: Literal["s3", "local"]
+    bucket: str = ""
+    key: str = ""
+    path: str = ""
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}" if self.kind == "s3" else self.path
+
+
+def _printable(text: str) -> str:
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "...(truncated)"
+
+
+def redact_uri(uri: object) -> str:
+    """A URI that is safe to store or log.
+
+    Userinfo becomes `***@`, a query string `?***` and a fragment `#***`; control
+    characters are escaped and very long values truncated. URIs without a scheme (plain
+    paths) are left as they are apart from the escaping. Valid `s3://` and `file://` URIs
+    come back unchanged, so the redacted URI of a row that was embedded can be decoded again.
+    """
+    if not isinstance(uri, str):
+        return f"<{type(uri).__name__}>"
+    match = _SCHEME.match(uri)
+    if match is None:
+        return _printable(uri)
+    head, rest = uri[: match.end()], uri[match.end() :]
+    if not rest.startswith("//"):  # "scheme:opaque": hide anything that looks like userinfo
+        if "@" in rest:
+            rest = "***@" + rest.rpartition("@")[2]
+        return _printable(head + _strip_query(rest))
+    # The authority ends at the first "/" here, not at "?" or "#", so a secret holding
+    # those characters is still hidden.
+    authority, slash, path = rest[2:].partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    elif ":" in authority and "@" in path:
+        # "user:secret/with/slashes@host/..." splits the secret at its first "/"; a valid
+        # s3 bucket never holds ":", so hiding everything up to the last "@" is safe.
+        authority, slash, path = "***@" + path.rpartition("@")[2], "", ""
+    return _printable(head + "//" + _strip_query(authority + slash + path))
+
+
+def _strip_query(text: str) -> str:
+    for mark in ("?", "#"):
+        if mark in text:
+            text = text.split(mark, 1)[0] + mark + "***"
+    return text
+
+
+def resolve_uri(
+    uri: str, allowed_roots: tuple[str, ...] = (), base_dir: str | None = None
+) -> ResolvedUri:
+    """Validate a manifest URI and say where it points.
+
+    Args:
+        uri: `s3://bucket/key`, `file:///abs/path`, an absolute path, or a path relative
+            to `base_dir`.
+        allowed_roots: local directories videos may be read from; a local path must lie
+            inside one of them after symlinks and `..` are resolved. Empty means no local
+            file is allowed.
+        base_dir: directory (local path or `s3://bucket/prefix`) that relative URIs are
+            resolved against, normally the manifest's directory. Without it, relative URIs
+            are rejected.
+
+    Raises:
+        UriRejected: scheme other than s3/file, credentials, query string or fragment,
+            empty bucket or key, `file://` with a host, NUL byte, or a local path outside
+            every allowed root.
+    """
+    shown = redact_uri(uri)
+    if not isinstance(uri, str) or not uri:
+        raise UriRejected(f"empty or non-string uri: {shown}")
+    if "\x00" in uri:
+        raise UriRejected(f"NUL byte in uri: {shown}")
+    match = _SCHEME.match(uri)
+    scheme = match.group(1).lower() if match else ""
+    if scheme == "s3":
+        return _resolve_s3(uri[match.end() :], shown)
+    if scheme == "file":
+        return _resolve_local(_file_uri_path(uri[match.end() :], shown), allowed_roots, shown)
+    if scheme:
+        raise UriRejected(f"scheme {scheme!r} is not allowed (only s3 and file): {shown}")
+    if os.path.isabs(uri):
+        return _resolve_local(uri, allowed_roots, shown)
+    if base_dir is None:
+        raise UriRejected(f"relative uri without a base directory: {shown}")
+    if base_dir.lower().startswith("s3://"):
+        bucket, _, prefix = base_dir[5:].partition("/")
+        prefix = posixpath.normpath(prefix) if prefix.strip("/") else ""
+        key = posixpath.normpath(posixpath.join(prefix, uri))
+        if not key.startswith(prefix + "/" if prefix else "") or key.split("/")[0] == "..":
+            raise UriRejected(f"relative uri escapes its base prefix: {shown}")
+        return _resolve_s3(f"//{bucket}/{key}", shown)
+    return _resolve_local(os.path.join(base_dir, uri), allowed_roots, shown)
+
+
+def _resolve_s3(rest: str, shown: str) -> ResolvedUri:
+    if not rest.startswith("//"):
+        raise UriRejected(f"s3 uri must look like s3://bucket/key: {shown}")
+    if "?" in rest or "#" in rest:
+        raise UriRejected(f"query strings and fragments are not allowed on s3 uris: {shown}")
+    bucket, _, key = rest[2:].partition("/")
+    if "@" in bucket:
+        raise UriRejected(f"credentials in uri are not allowed: {shown}")
+    if not _BUCKET.match(bucket):
+        raise UriRejected(f"invalid or empty bucket: {shown}")
+    if not key or key.endswith("/"):
+        raise UriRejected(f"empty object key: {shown}")
+    return ResolvedUri(kind="s3", bucket=bucket, key=key)
+
+
+def _file_uri_path(rest: str, shown: str) -> str:
+    if "?" in rest or "#" in rest:
+        raise UriRejected(f"query strings and fragments are not allowed on file uris: {shown}")
+    if rest.startswith("//"):
+        host, slash, path = rest[2:].partition("/")
+        if host:
+            raise UriRejected(f"file uri with a host is not allowed: {shown}")
+        rest = slash + path
+    if not rest.startswith("/"):
+        raise UriRejected(f"file uri must hold an absolute path: {shown}")
+    path = unquote(rest)
+    if "\x00" in path:
+        raise UriRejected(f"NUL byte in uri: {shown}")
+    return path
+
+
+def _resolve_local(path: str, allowed_roots: tuple[str, ...], shown: str) -> ResolvedUri:
+    real = os.path.realpath(path)
+    for root in allowed_roots:
+        real_root = os.path.realpath(root)
+        # commonpath compares whole components: /data/videos2 is not inside /data/videos.
+        if os.path.commonpath([real_root, real]) == real_root and real != real_root:
+            return ResolvedUri(kind="local", path=real)
+    raise UriRejected(f"local path is outside the allowed roots: {shown}")

@@ -1,0 +1,62 @@
+"""Shared fixtures: a real S3 API (moto server) on loopback, Ray on 2 CPUs."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+#: Dummy credentials and no instance-metadata lookups: nothing may leave loopback.
+_AWS_TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": "/nonexistent/vidcat-test-aws-config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/vidcat-test-aws-credentials",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on 127.0.0.1 (free port) with dummy credentials in the environment
+    for the rest of the session; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("AWS_PROFILE", raising=False)
+        for name, value in _AWS_TEST_ENV.items():
+            patch.setenv(name, value)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        try:
+            yield f"http://{host}:{port}"
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, empty bucket on the moto server; yields `(endpoint_url, bucket)`."""
+    import boto3
+
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return s3_server, bucket
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
+    """A private local Ray instance with 2 CPUs for the session (never a cluster that some
+    other process on this machine happens to run). It starts after the S3 server so its
+    workers inherit the test credentials through the standard AWS environment chain."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import builtins
+import io
+import os
+
+import pytest
+
+from pipeline.uris import ResolvedUri, UriRejected, redact_uri, resolve_uri
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("s3://AKIAEXAMPLE:s3cr3t@bucket/x.mp4", "s3://***@bucket/x.mp4"),
+        ("s3://AKIAEXAMPLE:s3/cr3t+k@bucket/x.mp4", "s3://***@bucket/x.mp4"),
+        ("s3://AKIAEXAMPLE:s3c?r#3t@bucket/x.mp4", "s3://***@bucket/x.mp4"),
+        (
+            "https://h.example/v.mp4?X-Amz-Signature=abc&X-Amz-Credential=AK",
+            "https://h.example/v.mp4?***",
+        ),
+        ("s3://bucket/v.mp4#s3cr3t", "s3://bucket/v.mp4#***"),
+        ("s3:AKIAEXAMPLE:s3cr3t@bucket/x.mp4", "s3:***@bucket/x.mp4"),
+        ("s3://bucket/user@example.com/v.mp4", "s3://bucket/user@example.com/v.mp4"),
+        ("file:///data/v.mp4", "file:///data/v.mp4"),
+        ("/data/a@b?.mp4", "/data/a@b?.mp4"),
+        ("/data/x\x00y\n.mp4", "/data/x\\x00y\\n.mp4"),
+    ],
+)
+def test_redact_uri(uri, shown):
+    assert redact_uri(uri) == shown
+    assert "s3cr3t" not in redact_uri(uri)
+
+
+def test_redact_uri_non_strings_and_long_values():
+    assert redact_uri(None) == "<NoneType>"
+    assert redact_uri(b"s3://k:s@b/x") == "<bytes>"
+    assert len(redact_uri("/" + "a" * 5000)) < 1100
+
+
+def test_resolve_s3():
+    assert resolve_uri("s3://my-bucket/a/b c.mp4") == ResolvedUri("s3", "my-bucket", "a/b c.mp4")
+    assert str(resolve_uri("S3://my-bucket/k.mp4")) == "s3://my-bucket/k.mp4"
+
+
+def test_resolve_relative_against_s3_base():
+    assert resolve_uri("v/1.mp4", base_dir="s3://cat/m") == ResolvedUri("s3", "cat", "m/v/1.mp4")
+    assert resolve_uri("1.mp4", base_dir="s3://cat") == ResolvedUri("s3", "cat", "1.mp4")
+    for uri, base in [
+        ("../x.mp4", "s3://cat/m"),
+        ("../m2/x.mp4", "s3://cat/m"),
+        ("../x", "s3://cat"),
+    ]:
+        with pytest.raises(UriRejected, match="escapes"):
+            resolve_uri(uri, base_dir=base)
+
+
+def test_resolve_local(tmp_path):
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    video = root / "sub" / "v.mp4"
+    roots = (str(root),)
+    assert resolve_uri(str(video), roots) == ResolvedUri("local", path=str(video))
+    assert resolve_uri(f"file://{video}", roots).path == str(video)
+    assert resolve_uri("file://" + str(root / "sub" / "a%20b.mp4"), roots).path.endswith("a b.mp4")
+    assert resolve_uri("sub/v.mp4", roots, base_dir=str(root)).path == str(video)
+    assert resolve_uri("sub/../sub/v.mp4", roots, base_dir=str(root)).path == str(video)
+
+
+def test_symlink_out_of_root_is_rejected(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "link").symlink_to(outside)
+    with pytest.raises(UriRejected, match="outside the allowed roots"):
+        resolve_uri(str(root / "link" / "v.mp4"), (str(root),))
+    # A symlinked root is fine: both sides are resolved.
+    (tmp_path / "alias").symlink_to(root)
+    assert resolve_uri(str(root / "v.mp4"), (str(tmp_path / "alias"),)).path == str(root / "v.mp4")
+
+
+def test_root_prefix_is_a_path_prefix_not_a_string_prefix(tmp_path):
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos2").mkdir()
+    with pytest.raises(UriRejected):
+        resolve_uri(str(tmp_path / "videos2" / "v.mp4"), (str(tmp_path / "videos"),))
+    with pytest.raises(UriRejected):  # the root itself is not a file inside it
+        resolve_uri(str(tmp_path / "videos"), (str(tmp_path / "videos"),))
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("http://x/y.mp4", "scheme 'http'"),
+        ("https://x/y.mp4", "scheme 'https'"),
+        ("gs://bucket/y.mp4", "scheme 'gs'"),
+        ("ftp://x/y.mp4", "scheme 'ftp'"),
+        ("data:video/mp4;base64,AAAA", "scheme 'data'"),
+        ("s3://key:secret@bucket/x.mp4", "credentials"),
+        ("s3://bucket/x.mp4?versionId=1", "query"),
+        ("s3://bucket/x.mp4#frag", "query strings and fragments"),
+        ("s3:///x.mp4", "bucket"),
+        ("s3://bucket/", "empty object key"),
+        ("s3://bucket", "empty object key"),
+        ("s3://bucket:443/x.mp4", "bucket"),
+        ("s3:bucket/x.mp4", "s3://bucket/key"),
+        ("file://host/etc/passwd", "with a host"),
+        ("file://localhost/etc/passwd", "with a host"),
+        ("file:relative.mp4", "absolute path"),
+        ("file:///etc/passwd?x=1", "query"),
+        ("file:///etc/passwd", "outside the allowed roots"),
+        ("/etc/passwd", "outside the allowed roots"),
+        ("../outside.mp4", "outside the allowed roots"),
+        ("/data/v\x00.mp4", "NUL"),
+        ("file:///data/v%00.mp4", "NUL"),
+        ("", "empty"),
+    ],
+)
+def test_rejected_without_opening_anything(tmp_path, monkeypatch, uri, reason):
+    root = tmp_path / "root"
+    root.mkdir()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError(f"opened {args[:1]}")
+
+    for module, name in [(builtins, "open"), (io, "open"), (os, "open"), (os, "listdir")]:
+        monkeypatch.setattr(module, name, forbidden)
+    with pytest.raises(UriRejected, match=reason) as err:
+        resolve_uri(uri, (str(root),), base_dir=str(root))
+    assert "secret" not in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+def test_no_roots_means_no_local_files(tmp_path):
+    with pytest.raises(UriRejected):
+        resolve_uri(str(tmp_path / "v.mp4"))
+    with pytest.raises(UriRejected, match="without a base directory"):
+        resolve_uri("v.mp4", (str(tmp_path),))
