@@ -1,0 +1,236 @@
+"""Manifest validation: local files, directories, S3 prefixes on a loopback server."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import manifest
+from pipeline.manifest import ManifestError, default_allowed_root, validate_manifest
+
+
+def rows(ids, **extra) -> pa.Table:
+    columns = {"video_id": ids, "uri": [f"s3://videos/{i}.mp4" for i in ids]}
+    return pa.table(columns | extra)
+
+
+def write(path, table: pa.Table) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pq.write_table(table, path)
+    return str(path)
+
+
+def test_single_file(tmp_path):
+    path = write(
+        tmp_path / "m.parquet",
+        rows(["a", "b"], version=["1", "2"], start_s=[0, 1], end_s=[5.0, 6.0], title=["x", "y"]),
+    )
+    info = validate_manifest(path)
+    assert info.paths == (path,) and info.num_rows == 2
+    assert info.metadata_columns == ("title",)
+    assert info.columns == ("video_id", "uri", "version", "start_s", "end_s", "title")
+    assert info.schema.field("start_s").type == pa.float64()
+    assert info.metadata_fields == (pa.field("title", pa.string()),)
+    assert info.base_dir == str(tmp_path)
+    assert validate_manifest(f"file://{path}").paths == (path,)
+    assert default_allowed_root(path) == str(tmp_path)
+
+
+def test_directory_unifies_files_and_reads_batches(tmp_path):
+    write(tmp_path / "m/part-0.parquet", rows(["a", "b"], start_s=[0, 1], title=["x", "y"]))
+    write(tmp_path / "m/sub/part-1.parquet", rows(["c"], end_s=[3.0], score=[7]))
+    write(tmp_path / "m/_SUCCESS.parquet", rows(["a"]))  # bookkeeping, not data
+    (tmp_path / "m/notes.txt").write_text("ignored")
+    info = validate_manifest(str(tmp_path / "m"), metadata_columns=["score"])
+    assert len(info.paths) == 2 and info.num_rows == 3
+    assert info.metadata_columns == ("score",)
+    got = pa.Table.from_batches(list(info.iter_batches())).sort_by("video_id").to_pylist()
+    assert got[0] == {
+        "video_id": "a",
+        "uri": "s3://videos/a.mp4",
+        "start_s": 0.0,
+        "end_s": None,
+        "score": None,
+    }
+    assert got[2]["score"] == 7 and got[2]["end_s"] == 3.0
+    assert validate_manifest(str(tmp_path / "m"), metadata_columns=None).metadata_columns == ()
+    assert default_allowed_root(str(tmp_path / "m")) == str(tmp_path / "m")
+
+
+def test_dictionary_and_large_string_ids_are_accepted(tmp_path):
+    ids = pa.array(["a", "b"]).dictionary_encode()
+    path = write(tmp_path / "m.parquet", pa.table({"video_id": ids, "uri": ["x", "y"]}))
+    assert validate_manifest(path).schema.field("video_id").type == pa.string()
+
+
+@pytest.mark.parametrize(
+    "table, match",
+    [
+        (pa.table({"video_id": ["a"]}), r"m\.parquet: missing required column\(s\) \['uri'\]"),
+        (pa.table({"video_id": [1], "uri": ["x"]}), "'video_id' has type int64"),
+        (rows(["a"], start_s=["0"]), "'start_s' has type string"),
+    ],
+)
+def test_structural_errors_name_the_file(tmp_path, table, match):
+    with pytest.raises(ManifestError, match=match):
+        validate_manifest(write(tmp_path / "m.parquet", table))
+
+
+@pytest.mark.parametrize(
+    "table, problem, row",
+    [
+        (rows(["a", None, "c"]), "null video_id: 1 row(s)", "row 1 (video_id=None)"),
+        (rows(["a", " ", "c"]), "empty video_id", "row 1 (video_id=' ')"),
+        (pa.table({"video_id": ["a", "b"], "uri": ["x", None]}), "null or empty uri", "row 1"),
+        (rows(["a", "b"], start_s=[0.0, 4.0], end_s=[1.0, 4.0]), "start_s >= end_s", "row 1"),
+        (rows(["a", "b"], start_s=[-1.0, 0.0]), "negative start_s", "row 0 (video_id='a')"),
+        (rows(["a", "b"], end_s=[1.0, float("nan")]), "non-finite end_s", "row 1"),
+        (rows(["a", "b", "a", "a"]), "duplicate video_id (1 distinct ids): 3 row(s)", "row 3"),
+    ],
+)
+def test_row_errors_name_file_and_rows(tmp_path, table, problem, row):
+    path = write(tmp_path / "m.parquet", table)
+    with pytest.raises(ManifestError) as err:
+        validate_manifest(path)
+    assert problem in str(err.value) and f"{path} {row}" in str(err.value)
+
+
+def test_all_problems_are_reported_together_with_counts(tmp_path):
+    ids = [f"v{i}" for i in range(30)]
+    ids[3] = ids[4] = None
+    write(tmp_path / "m/a.parquet", rows(ids, start_s=[-1.0] * 30))
+    write(tmp_path / "m/b.parquet", rows(["v0", "v1"]))
+    with pytest.raises(ManifestError) as err:
+        validate_manifest(str(tmp_path / "m"))
+    message = str(err.value)
+    assert "null video_id: 2 row(s)" in message
+    assert "negative start_s: 30 row(s)" in message and message.count("negative start_s") == 1
+    assert message.count("a.parquet row") == 2 + 10 + 2  # examples are capped at ten
+    assert "'v0' at " in message and "b.parquet row 0" in message
+
+
+def test_unreadable_inputs(tmp_path):
+    with pytest.raises(ManifestError, match="not found"):
+        validate_manifest(str(tmp_path / "missing.parquet"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ManifestError, match=r"no \*\.parquet files"):
+        validate_manifest(str(tmp_path / "empty"))
+    (tmp_path / "bad.parquet").write_text("video_id,uri\na,b\n")
+    with pytest.raises(ManifestError, match=r"bad\.parquet: not a readable Parquet file"):
+        validate_manifest(str(tmp_path / "bad.parquet"))
+    with pytest.raises(ManifestError, match="unsupported manifest scheme 'gs'"):
+        validate_manifest("gs://bucket/m.parquet")
+
+
+def test_type_conflicts_between_files(tmp_path):
+    write(tmp_path / "m/a.parquet", rows(["a"], title=["x"]))
+    write(tmp_path / "m/b.parquet", rows(["b"], title=[[1, 2]]))
+    with pytest.raises(ManifestError, match=r"column types differ between files.*title"):
+        validate_manifest(str(tmp_path / "m"))
+    # Leaving the conflicting column out makes the manifest usable.
+    assert validate_manifest(str(tmp_path / "m"), metadata_columns="none").num_rows == 2
+
+
+@pytest.mark.parametrize(
+    "selection, match",
+    [
+        (["nope"], r"unknown metadata column\(s\) \['nope'\]"),
+        (["model"], r"\['model'\] clash"),
+        ("title", "must be 'all', 'none' or a list"),
+    ],
+)
+def test_metadata_selection_errors(tmp_path, selection, match):
+    path = write(tmp_path / "m.parquet", rows(["a"], title=["x"], model=["m"]))
+    with pytest.raises(ManifestError, match=match):
+        validate_manifest(path, metadata_columns=selection)
+
+
+def test_entirely_null_metadata_column(tmp_path):
+    path = write(tmp_path / "m.parquet", rows(["a"], empty=pa.nulls(1)))
+    with pytest.raises(ManifestError, match="entirely null"):
+        validate_manifest(path)
+
+
+def test_large_manifest_in_many_batches(tmp_path):
+    """The 10M-row path at 200k rows: several files, several batches each."""
+    n = 200_000
+    ids = np.char.add("vid-", np.arange(n).astype(str)).astype(object)
+    for part in range(4):
+        chunk = ids[part::4]
+        write(tmp_path / f"m/p{part}.parquet", rows(list(chunk), start_s=np.zeros(len(chunk))))
+    assert validate_manifest(str(tmp_path / "m")).num_rows == n
+    write(tmp_path / "m/p9.parquet", rows(["vid-123456", "vid-7"]))
+    with pytest.raises(ManifestError, match=r"2 distinct ids\): 4 row\(s\)") as err:
+        validate_manifest(str(tmp_path / "m"))
+    assert "p9.parquet row 0" in str(err.value) and "p9.parquet row 1" in str(err.value)
+
+
+def test_hash_collisions_are_confirmed_exactly(tmp_path, monkeypatch):
+    # Every id of the same length collides; only the truly repeated one is reported.
+    monkeypatch.setattr(
+        manifest, "_hash_ids", lambda ids: np.array([len(s) for s in ids.to_pylist()])
+    )
+    path = write(tmp_path / "m.parquet", rows(["aa", "bb", "cc", "bb", "d"]))
+    with pytest.raises(ManifestError) as err:
+        validate_manifest(path)
+    assert "duplicate video_id (1 distinct ids): 2 row(s)" in str(err.value)
+    assert "'bb' at " in str(err.value)
+    monkeypatch.setattr(manifest, "_hash_ids", lambda ids: np.zeros(len(ids), np.int64))
+    assert validate_manifest(write(tmp_path / "ok.parquet", rows(["a", "b", "c"]))).num_rows == 3
+
+
+@pytest.fixture(scope="module")
+def _moto_manifest():
+    """A moto S3 server on loopback with dummy credentials; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+        server.stop()
+
+
+def test_s3_prefix_of_several_files(_moto_manifest):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=_moto_manifest, region_name="us-east-1")
+    s3.create_bucket(Bucket="catalog")
+    for part, ids in enumerate([["a", "b"], ["c"], ["d", "e"]]):
+        sink = pa.BufferOutputStream()
+        pq.write_table(rows(ids, title=ids), sink)
+        s3.put_object(
+            Bucket="catalog", Key=f"m/part-{part}.parquet", Body=sink.getvalue().to_pybytes()
+        )
+    s3.put_object(Bucket="catalog", Key="m/README", Body=b"not data")
+
+    info = validate_manifest("s3://catalog/m/", endpoint_url=_moto_manifest)
+    assert info.paths == tuple(f"catalog/m/part-{i}.parquet" for i in range(3))
+    assert info.num_rows == 5 and info.base_dir == "s3://catalog/m"
+    assert sorted(pa.Table.from_batches(list(info.iter_batches()))["title"].to_pylist()) == list(
+        "abcde"
+    )
+    single = validate_manifest("s3://catalog/m/part-1.parquet", endpoint_url=_moto_manifest)
+    assert single.num_rows == 1 and single.base_dir == "s3://catalog/m"
+    assert default_allowed_root("s3://catalog/m/") is None
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(rows(["a"]), sink)
+    s3.put_object(Bucket="catalog", Key="m/part-9.parquet", Body=sink.getvalue().to_pybytes())
+    with pytest.raises(ManifestError, match=r"'a' at s3://catalog/m/part-0\.parquet row 0"):
+        validate_manifest("s3://catalog/m", endpoint_url=_moto_manifest)
+    with pytest.raises(ManifestError, match="not found"):
+        validate_manifest("s3://catalog/nothing/", endpoint_url=_moto_manifest)
