@@ -124,6 +124,16 @@ def signature(model_identity: str, extra: tuple[tuple[str, str], ...]) -> str:
     return hashlib.sha256(payload).hexdigest()[:16]
 
 
+@torch.inference_mode()
+def encode_frames(model: InternVideo2, frames: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """The pipeline's frame path: uint8 `[N, T, H, W, 3]` → normalized on the model's device →
+    (float32 unit embeddings `[N, 512]` on the host, vision tokens `[N, 1 + L*T, C]` on device).
+    """
+    pixels = normalize_frames(torch.from_numpy(frames), model.dtype, model.device)
+    tokens, pooled = model.video_features(pixels)
+    return model.project_video(pooled).float().cpu().numpy(), tokens
+
+
 class EmbedStage:
     """Ray Data callable class: builds the model once per actor, embeds each batch.
 
@@ -152,13 +162,8 @@ class EmbedStage:
             time.perf_counter() - start,
         )
 
-    @torch.inference_mode()
     def embed_frames(self, frames: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
-        """uint8 `[N, T, H, W, 3]` → (float32 embeddings `[N, 512]`, vision tokens on device)."""
-        pixels = normalize_frames(torch.from_numpy(frames), self.dtype, self.device)
-        tokens, pooled = self.model.video_features(pixels)
-        emb = self.model.project_video(pooled)
-        return emb.float().cpu().numpy(), tokens
+        return encode_frames(self.model, frames)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         frames = batch.pop(schema.FRAMES)
@@ -167,8 +172,8 @@ class EmbedStage:
         emb = np.zeros((n, schema.EMBED_DIM), np.float32)
         tokens_out: list[bytes] = [b""] * n
         shapes = np.zeros((n, 2), np.int32)
+        start = time.perf_counter()
         if ok.any():
-            start = time.perf_counter()
             idx = np.flatnonzero(ok)
             try:
                 emb[idx], tokens = self.embed_frames(np.ascontiguousarray(frames[idx]))
@@ -185,8 +190,10 @@ class EmbedStage:
                 message = np.asarray(batch[schema.MESSAGE], dtype=object)
                 message[idx] = f"{type(exc).__name__}: {exc}"[:500]
                 batch[schema.MESSAGE] = message
-            self.embed_seconds += time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        self.embed_seconds += elapsed
         batch[schema.EMBEDDING] = emb
+        batch[schema.EMBED_SECONDS] = np.full(n, elapsed / max(n, 1))
         batch[schema.MODEL] = np.full(n, self.identity, dtype=object)
         batch[schema.SIGNATURE] = np.full(n, self.signature, dtype=object)
         batch[schema.NUM_FRAMES] = np.full(n, self.config.model.num_frames, np.int32)

@@ -52,6 +52,12 @@ VISION_TOKENS_SHAPE = "vision_tokens_shape"
 #: In-flight column carrying decoded frames between the decode and embed stages
 #: (uint8 `[T, 224, 224, 3]` per clip); never written to a table.
 FRAMES = "frames"
+#: In-flight column: rows (clips, or 1 for a failure) the row's video produced in total, so
+#: the driver can regroup a video whose clips were split across embed batches.
+NUM_CLIPS = "num_clips"
+#: In-flight timing columns summed into the run report.
+DECODE_SECONDS = "decode_seconds"
+EMBED_SECONDS = "embed_seconds"
 
 
 class Status(enum.StrEnum):

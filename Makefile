@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make demo` (embeds the sample catalog) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO ?= demo_out
+CHECKPOINT ?=
+
+.PHONY: setup test lint format demo bench clean
+
+setup: $(VENV)/.installed
+
+# torch first: 2.13.0 is the CPU build on the dev/CI disk; GPU images bring their CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+demo: setup
+	$(PY) jobs/demo.py --out $(DEMO) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+
+bench: setup
+	$(PY) benchmarks/encoder_throughput.py --tiny
+	$(PY) benchmarks/pipeline_throughput.py
+	$(PY) benchmarks/decode_throughput.py
+	$(PY) benchmarks/query_latency.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache .ruff_cache

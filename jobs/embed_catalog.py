@@ -1,0 +1,224 @@
+"""Embed a video catalog into LanceDB (the nightly job).
+
+    # local, embedded default: starts a local Ray, reads local files
+    python jobs/embed_catalog.py --manifest data/manifest.parquet --db data/lancedb
+
+    # on a cluster
+    ray job submit --working-dir . -- python jobs/embed_catalog.py \\
+        --manifest s3://bucket/manifests/ --db s3://bucket/lancedb --checkpoint s3://...
+
+Exit codes: 0 ok; 1 unexpected failure; 2 invalid input (manifest, arguments, table
+schema), nothing embedded; 3 finished but the failure rate exceeded --max-error-rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.build import ResourceConfig
+from pipeline.decode import DecodeConfig, S3Config
+from pipeline.embed import INTERNVIDEO2_1B, TINY_RANDOM, EmbedConfig, ModelSpec
+from pipeline.manifest import ManifestError
+from pipeline.runner import (
+    EXIT_FAILED,
+    EXIT_INVALID_INPUT,
+    RunConfig,
+    run,
+    summarize,
+)
+from pipeline.sink import TableSchemaError
+
+log = logging.getLogger("vidcat.embed_catalog")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Embed the videos of a Parquet manifest with InternVideo2 into LanceDB.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    io = p.add_argument_group("input and output")
+    io.add_argument(
+        "--manifest",
+        required=True,
+        help="Parquet file or directory/prefix of files (local, file:// or s3://)",
+    )
+    io.add_argument("--db", required=True, help="LanceDB directory or s3:// prefix")
+    io.add_argument("--table", default="videos", help="table name; failures go to <table>_errors")
+    io.add_argument(
+        "--metadata",
+        default="all",
+        help="manifest columns carried into the table: all, none, or a comma list",
+    )
+    io.add_argument(
+        "--allowed-root",
+        action="append",
+        default=None,
+        dest="allowed_roots",
+        help="directory local video paths may be under (repeatable; default: the "
+        "manifest's own directory)",
+    )
+    io.add_argument(
+        "--s3-endpoint-url",
+        default=os.environ.get("AWS_ENDPOINT_URL"),
+        help="S3 endpoint (credentials always come from the AWS chain)",
+    )
+    io.add_argument("--s3-region", default=os.environ.get("AWS_REGION"))
+
+    run_g = p.add_argument_group("run")
+    run_g.add_argument(
+        "--mode",
+        choices=["incremental", "full"],
+        default="incremental",
+        help="incremental embeds only new/changed/retryable videos",
+    )
+    run_g.add_argument(
+        "--prune", action="store_true", help="delete videos that are gone from the manifest"
+    )
+    run_g.add_argument(
+        "--max-error-rate",
+        type=float,
+        default=0.05,
+        help="exit 3 when more than this fraction of processed videos failed",
+    )
+    run_g.add_argument(
+        "--no-maintenance",
+        action="store_true",
+        help="skip compaction, index maintenance, cleanup and tagging",
+    )
+    run_g.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)",
+    )
+    run_g.add_argument("--chunk-rows", type=int, default=4096, help="rows per table commit")
+
+    m = p.add_argument_group("model")
+    m.add_argument(
+        "--model",
+        choices=[INTERNVIDEO2_1B, TINY_RANDOM],
+        default=INTERNVIDEO2_1B,
+        help=f"{TINY_RANDOM} is a random test model, never a fallback",
+    )
+    m.add_argument(
+        "--checkpoint",
+        default=os.environ.get("VIDCAT_CHECKPOINT"),
+        help="InternVideo2 stage-2 1B weights: path, s3:// URI or hub repo@revision",
+    )
+    m.add_argument("--num-frames", type=int, default=4, help="frames per clip (1-16)")
+    m.add_argument("--compile", action="store_true", help="torch.compile the vision blocks")
+    m.add_argument(
+        "--store-vision-tokens",
+        action="store_true",
+        help="also store bf16 vision tokens (2.75 MB/clip) for fast re-ranking",
+    )
+
+    d = p.add_argument_group("decode")
+    d.add_argument(
+        "--clip-seconds",
+        type=float,
+        default=30.0,
+        help="videos longer than this are cut into windows of this length",
+    )
+    d.add_argument("--clip-overlap", type=float, default=0.0, help="window overlap in seconds")
+    d.add_argument("--decode-timeout", type=float, default=60.0, help="seconds per video")
+    d.add_argument("--decode-memory-mb", type=int, default=4096, help="memory cap per decoder")
+
+    r = p.add_argument_group("resources")
+    r.add_argument("--decode-actors", type=int, default=None, help="default: free CPUs")
+    r.add_argument("--embed-actors", type=int, default=1, help="usually the number of GPUs")
+    r.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        default=None,
+        help="default: 1 when the cluster has GPUs, else 0 (CPU)",
+    )
+    r.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="clips per encoder call (default 128 on GPU, 16 on CPU)",
+    )
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace, has_gpu: bool) -> RunConfig:
+    s3 = S3Config(endpoint_url=args.s3_endpoint_url, region=args.s3_region)
+    model = ModelSpec(
+        model=args.model,
+        checkpoint=args.checkpoint,
+        num_frames=args.num_frames,
+        s3_endpoint_url=args.s3_endpoint_url,
+    )
+    gpus = args.gpus_per_actor if args.gpus_per_actor is not None else (1.0 if has_gpu else 0.0)
+    metadata = args.metadata
+    if metadata not in ("all", "none"):
+        metadata = tuple(c.strip() for c in metadata.split(",") if c.strip())
+    return RunConfig(
+        manifest=args.manifest,
+        db=args.db,
+        table=args.table,
+        mode=args.mode,
+        prune=args.prune,
+        metadata_columns=None if metadata == "none" else metadata,
+        allowed_roots=tuple(args.allowed_roots) if args.allowed_roots else None,
+        max_error_rate=args.max_error_rate,
+        s3=s3,
+        decode=DecodeConfig(
+            num_frames=args.num_frames,
+            clip_seconds=args.clip_seconds,
+            clip_overlap_s=args.clip_overlap,
+            timeout_s=args.decode_timeout,
+            memory_limit_mb=args.decode_memory_mb,
+        ),
+        embed=EmbedConfig(
+            model=model,
+            device="cuda" if gpus else "cpu",
+            compile=args.compile,
+            store_vision_tokens=args.store_vision_tokens,
+        ),
+        resources=ResourceConfig(
+            decode_actors=args.decode_actors,
+            embed_actors=args.embed_actors,
+            embed_gpus=gpus,
+            embed_cpus=1.0 if gpus else 0.5,
+            embed_batch_clips=args.batch_size or (128 if gpus else 16),
+        ),
+        chunk_rows=args.chunk_rows,
+        after_run=not args.no_maintenance,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = parse_args(argv)
+    import ray
+
+    address = args.ray_address or os.environ.get("RAY_ADDRESS")
+    try:
+        ray.init(address=address, log_to_driver=True, include_dashboard=False)
+        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        cfg = build_config(args, has_gpu)
+        log.info("resolved config: %s", json.dumps(cfg.to_dict(), sort_keys=True))
+        report = run(cfg)
+    except (ManifestError, TableSchemaError, ValueError) as exc:
+        log.error("invalid input: %s", exc)
+        return EXIT_INVALID_INPUT
+    except Exception:
+        log.exception("run failed")
+        return EXIT_FAILED
+    print(json.dumps(report, indent=2, sort_keys=True))
+    print(summarize(report))
+    return report["exit_code"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The Ray Data graph: manifest → decode actors (CPU) → embed actors (GPU) → driver.
+
+This is the only module that decides resources: CPUs and GPUs per actor, actor pool sizes
+and batch sizes. Stages themselves are plain callable classes that know nothing of Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import pyarrow as pa
+import ray
+
+from .decode import DecodeConfig, DecodeStage
+from .embed import EmbedConfig, EmbedStage
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    """How much of the cluster each stage takes.
+
+    Attributes:
+        decode_actors: decode actor pool size; `None` sizes it to the cluster's CPUs minus
+            what the embed actors reserve (at least 1).
+        decode_cpus: CPUs reserved per decode actor (each runs one isolated decoder).
+        decode_batch_videos: manifest rows per decode call; small keeps actors busy evenly.
+        embed_actors: embed actor pool size (usually the number of GPUs).
+        embed_gpus: GPUs per embed actor (0 runs the encoder on CPU: tests, demo).
+        embed_cpus: CPUs reserved per embed actor.
+        embed_batch_clips: clips per encoder call (128 saturates an H100/H200 at T=4).
+        max_task_retries: retries of a decode/embed call whose actor died (a killed worker),
+            bounded so a poison input cannot loop forever.
+    """
+
+    decode_actors: int | None = None
+    decode_cpus: float = 1.0
+    decode_batch_videos: int = 4
+    embed_actors: int = 1
+    embed_gpus: float = 0.0
+    embed_cpus: float = 1.0
+    embed_batch_clips: int = 32
+    max_task_retries: int = 3
+
+    def __post_init__(self) -> None:
+        if self.decode_actors is not None and self.decode_actors < 1:
+            raise ValueError("decode_actors must be >= 1")
+        if self.embed_actors < 1 or self.embed_batch_clips < 1 or self.decode_batch_videos < 1:
+            raise ValueError("actor counts and batch sizes must be >= 1")
+        if self.embed_gpus < 0 or self.decode_cpus <= 0 or self.embed_cpus < 0:
+            raise ValueError("resource amounts must be non-negative (decode_cpus > 0)")
+
+    def resolved_decode_actors(self) -> int:
+        if self.decode_actors is not None:
+            return self.decode_actors
+        cpus = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
+        spare = cpus - self.embed_actors * self.embed_cpus
+        return max(1, int(spare // self.decode_cpus))
+
+
+def build_dataset(
+    source: ray.data.Dataset | pa.Table,
+    decode: DecodeConfig,
+    embed: EmbedConfig,
+    resources: ResourceConfig,
+    *,
+    model_identity: str,
+) -> ray.data.Dataset:
+    """Wire decode and embed onto `source` (manifest rows: video_id, uri, ... metadata).
+
+    The result streams one row per clip (status ok) or per failed video, without frames.
+    """
+    ds = source if isinstance(source, ray.data.Dataset) else ray.data.from_arrow(source)
+    n_decode = resources.resolved_decode_actors()
+    logger.info(
+        "graph: %d decode actors x %.1f CPU, %d embed actors x %.2f GPU, batch %d clips",
+        n_decode,
+        resources.decode_cpus,
+        resources.embed_actors,
+        resources.embed_gpus,
+        resources.embed_batch_clips,
+    )
+    retry = {
+        "max_restarts": resources.max_task_retries,
+        "max_task_retries": resources.max_task_retries,
+    }
+    ds = ds.map_batches(
+        DecodeStage,
+        fn_constructor_kwargs={"config": decode},
+        batch_size=resources.decode_batch_videos,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=n_decode),
+        num_cpus=resources.decode_cpus,
+        **retry,
+    )
+    embed_kwargs = {"num_gpus": resources.embed_gpus} if resources.embed_gpus else {}
+    return ds.map_batches(
+        EmbedStage,
+        fn_constructor_kwargs={"config": embed, "model_identity": model_identity},
+        batch_size=resources.embed_batch_clips,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=resources.embed_actors),
+        num_cpus=resources.embed_cpus,
+        zero_copy_batch=False,
+        **embed_kwargs,
+        **retry,
+    )

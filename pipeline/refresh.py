@@ -1,0 +1,341 @@
+"""What a run must do: diff the manifest against the table, in bounded driver memory.
+
+Both sides are streamed once and spilled to local Parquet buckets by a hash of `video_id`;
+each bucket is then joined in memory (a few hundred thousand rows at most), classified,
+and the rows to embed are put in Ray's object store, from where the graph reads them. The
+driver never holds more than one bucket, so a 10-million-row manifest against a
+10-million-row table costs bucket-sized memory, not table-sized.
+
+Per manifest row (incremental mode):
+
+* not in the table or the errors table → **new**;
+* embedded with the same content version and model signature, and no error since →
+  **skipped** (no fetch);
+* in the errors table with a retryable status (`fetch_error`, `timeout`,
+  `decoder_crash`) → **retried**; with another status and unchanged version and
+  signature → **skipped** (a deterministic failure is not retried every night);
+* anything else (new version, new signature) → **changed**.
+
+Full mode embeds every row (counted as new/changed). With `prune`, videos in the table
+or the errors table that are gone from the manifest are deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+
+from . import schema
+from .uris import redact_uri
+
+if TYPE_CHECKING:
+    from .manifest import ManifestInfo
+    from .sink import LanceSink
+
+logger = logging.getLogger(__name__)
+
+#: Target rows per bucket: bounds the driver's memory during the diff.
+BUCKET_ROWS = 250_000
+_READ_BATCH = 65_536
+_RETRYABLE = pa.array(sorted(s.value for s in schema.RETRYABLE))
+
+
+@dataclass
+class RefreshPlan:
+    """Counts, the rows to embed (as object-store refs) and the ids to prune."""
+
+    mode: str
+    new: int = 0
+    changed: int = 0
+    retried: int = 0
+    skipped: int = 0
+    embed_refs: list = field(default_factory=list)
+    prune_refs: list = field(default_factory=list)
+    versions_resolved: int = 0
+
+    @property
+    def to_embed(self) -> int:
+        return self.new + self.changed + self.retried
+
+    @property
+    def to_prune(self) -> int:
+        return sum(n for _, n in self.prune_refs)
+
+    def summary(self) -> str:
+        return (
+            f"{self.mode}: {self.new} new, {self.changed} changed, {self.retried} retried, "
+            f"{self.skipped} skipped, {self.to_prune} to prune"
+        )
+
+    def dataset(self) -> ray.data.Dataset:
+        """The manifest rows to embed (all manifest columns) as a Ray dataset."""
+        refs = [ref for ref, n in self.embed_refs if n]
+        return ray.data.from_arrow_refs(refs)
+
+    def apply_prune(self, sink: LanceSink) -> int:
+        deleted = 0
+        for ref, n in self.prune_refs:
+            if n:
+                deleted += sink.delete_videos(ray.get(ref))
+        return deleted
+
+
+def hash_buckets(ids: pa.Array, buckets: int) -> np.ndarray:
+    """Bucket of every id (stable within one process, which is all the diff needs)."""
+    if buckets == 1:
+        return np.zeros(len(ids), np.int64)
+    h = np.fromiter(map(hash, ids.to_pylist()), dtype=np.int64, count=len(ids))
+    return np.mod(h, buckets)
+
+
+class _Spill:
+    """Per-bucket Parquet writers in a private temp directory."""
+
+    def __init__(self, root: str, name: str, buckets: int) -> None:
+        self.paths = [os.path.join(root, f"{name}-{b:04d}.parquet") for b in range(buckets)]
+        self.writers: list[pq.ParquetWriter | None] = [None] * buckets
+        self.buckets = buckets
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        if not len(batch):
+            return
+        table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+        which = hash_buckets(table[schema.VIDEO_ID].combine_chunks(), self.buckets)
+        order = np.argsort(which, kind="stable")
+        sorted_table = table.take(pa.array(order))
+        bounds = np.searchsorted(which[order], np.arange(self.buckets + 1))
+        for b in range(self.buckets):
+            lo, hi = bounds[b], bounds[b + 1]
+            if hi > lo:
+                if self.writers[b] is None:
+                    self.writers[b] = pq.ParquetWriter(self.paths[b], table.schema)
+                self.writers[b].write_table(sorted_table.slice(lo, hi - lo))
+
+    def close(self) -> None:
+        for w in self.writers:
+            if w is not None:
+                w.close()
+
+    def read(self, b: int, schema_: pa.Schema) -> pa.Table:
+        if self.writers[b] is None:
+            return schema_.empty_table()
+        return pq.read_table(self.paths[b])
+
+
+def _state_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            (schema.VIDEO_ID, pa.string()),
+            (schema.CONTENT_VERSION, pa.string()),
+            (schema.SIGNATURE, pa.string()),
+            (schema.URI, pa.string()),
+        ]
+    )
+
+
+def _errors_state_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            (schema.VIDEO_ID, pa.string()),
+            (schema.STATUS, pa.string()),
+            (schema.CONTENT_VERSION, pa.string()),
+            (schema.SIGNATURE, pa.string()),
+            (schema.URI, pa.string()),
+        ]
+    )
+
+
+def _scan(table, columns: list[str]):
+    """Stream `columns` of a LanceDB table in record batches."""
+    return table.search().select(columns).limit(None).to_batches(_READ_BATCH)
+
+
+def plan_refresh(
+    info: ManifestInfo,
+    sink: LanceSink,
+    *,
+    signature: str,
+    mode: Literal["incremental", "full"],
+    prune: bool,
+    version_of=None,
+    spill_dir: str | None = None,
+) -> RefreshPlan:
+    """Diff the manifest against the sink's tables; see the module docstring for the rules.
+
+    Args:
+        info: the validated manifest.
+        sink: open sink (its tables are read, not written).
+        signature: this run's model signature.
+        mode: `incremental` (skip unchanged) or `full` (embed everything).
+        prune: plan deletion of videos absent from the manifest.
+        version_of: `f(uris: list[str]) -> list[str | None]` resolving the content version
+            of existing videos whose manifest row has no `version` (ETag / size+mtime,
+            never the bytes); None leaves them "changed".
+        spill_dir: where buckets are spilled (default: system temp dir).
+    """
+    clips_rows = sink.clips_table.count_rows()
+    error_rows = sink.errors_table.count_rows()
+    buckets = max(1, -(-max(info.num_rows, clips_rows, error_rows) // BUCKET_ROWS))
+    plan = RefreshPlan(mode=mode)
+    root = tempfile.mkdtemp(prefix="vidcat-plan-", dir=spill_dir)
+    try:
+        manifest = _Spill(root, "manifest", buckets)
+        for batch in info.iter_batches(_READ_BATCH):
+            manifest.write(batch)
+        manifest.close()
+        state = _Spill(root, "state", buckets)
+        errors = _Spill(root, "errors", buckets)
+        if mode == "incremental" or prune:
+            for batch in _scan(sink.clips_table, _state_schema().names):
+                state.write(batch)
+            for batch in _scan(sink.errors_table, _errors_state_schema().names):
+                errors.write(batch)
+        state.close()
+        errors.close()
+        for b in range(buckets):
+            m = manifest.read(b, info.schema)
+            s = state.read(b, _state_schema())
+            e = errors.read(b, _errors_state_schema())
+            _plan_bucket(plan, m, s, e, signature, mode, prune, version_of)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    logger.info("refresh plan (%d buckets): %s", buckets, plan.summary())
+    return plan
+
+
+def _collapse_state(s: pa.Table) -> pa.Table:
+    """One row per video: clips share version, signature and uri, unless an interrupted or
+    mixed write left them inconsistent, which then reads as "changed" (null signature)."""
+    agg = s.group_by(schema.VIDEO_ID).aggregate(
+        [
+            (c, op)
+            for c in (schema.CONTENT_VERSION, schema.SIGNATURE, schema.URI)
+            for op in ("min", "max")
+        ]
+    )
+    consistent = pc.and_(
+        pc.equal(agg[f"{schema.CONTENT_VERSION}_min"], agg[f"{schema.CONTENT_VERSION}_max"]),
+        pc.equal(agg[f"{schema.SIGNATURE}_min"], agg[f"{schema.SIGNATURE}_max"]),
+    )
+    return pa.table(
+        {
+            schema.VIDEO_ID: agg[schema.VIDEO_ID],
+            "t_version": agg[f"{schema.CONTENT_VERSION}_min"],
+            "t_signature": pc.if_else(
+                pc.fill_null(consistent, False), agg[f"{schema.SIGNATURE}_min"], None
+            ),
+            "t_uri": agg[f"{schema.URI}_min"],
+        }
+    )
+
+
+def _same(a, b) -> pa.ChunkedArray:
+    """Null-safe equality of optional strings: two nulls (or empty strings) are equal."""
+    a, b = (pc.if_else(pc.fill_null(pc.equal(x, ""), False), None, x) for x in (a, b))
+    both_null = pc.and_(pc.is_null(a), pc.is_null(b))
+    return pc.or_(pc.fill_null(pc.equal(a, b), False), both_null)
+
+
+def _plan_bucket(plan, m, s, e, signature, mode, prune, version_of) -> None:
+    s = (
+        _collapse_state(s)
+        if len(s)
+        else pa.table(
+            {
+                schema.VIDEO_ID: pa.array([], pa.string()),
+                "t_version": pa.array([], pa.string()),
+                "t_signature": pa.array([], pa.string()),
+                "t_uri": pa.array([], pa.string()),
+            }
+        )
+    )
+    e = e.rename_columns([c if c == schema.VIDEO_ID else "e_" + c for c in e.column_names])
+    if prune:
+        known = pc.unique(
+            pa.concat_arrays(
+                [s[schema.VIDEO_ID].combine_chunks(), e[schema.VIDEO_ID].combine_chunks()]
+            )
+        )
+        gone = known.filter(
+            pc.invert(pc.is_in(known, value_set=m[schema.VIDEO_ID].combine_chunks()))
+        )
+        if len(gone):
+            plan.prune_refs.append((ray.put(gone), len(gone)))
+    if not len(m):
+        return
+    j = m.join(s, schema.VIDEO_ID, join_type="left outer").join(
+        e, schema.VIDEO_ID, join_type="left outer"
+    )
+    n = len(j)
+    in_table = pc.is_valid(j["t_uri"])
+    in_errors = pc.is_valid(j["e_" + schema.STATUS])
+    new = pc.invert(pc.or_(in_table, in_errors))
+    if mode == "full":
+        embed, retried = pa.array(np.ones(n, bool)), pa.array(np.zeros(n, bool))
+    else:
+        have = j[schema.VERSION] if schema.VERSION in j.column_names else pa.nulls(n, pa.string())
+        version = _resolve_versions(plan, j, have, pc.invert(new), version_of)
+        uri = pa.array([redact_uri(u) for u in j[schema.URI].to_pylist()], pa.string())
+        unchanged_t = pc.and_(
+            pc.and_(
+                pc.fill_null(pc.equal(j["t_signature"], signature), False),
+                _same(version, j["t_version"]),
+            ),
+            _same(uri, j["t_uri"]),
+        )
+        unchanged_e = pc.and_(
+            pc.and_(
+                pc.fill_null(pc.equal(j["e_" + schema.SIGNATURE], signature), False),
+                _same(version, j["e_" + schema.CONTENT_VERSION]),
+            ),
+            _same(uri, j["e_" + schema.URI]),
+        )
+        retried = pc.and_(
+            in_errors, pc.fill_null(pc.is_in(j["e_" + schema.STATUS], value_set=_RETRYABLE), False)
+        )
+        # An error row is the latest word on a video (it may sit beside older clips).
+        skip = pc.if_else(
+            in_errors, pc.and_(pc.invert(retried), unchanged_e), pc.and_(in_table, unchanged_t)
+        )
+        embed = pc.invert(skip)
+    n_embed = pc.sum(embed).as_py() or 0
+    n_new = pc.sum(pc.and_(embed, new)).as_py() or 0
+    n_retried = pc.sum(pc.and_(embed, retried)).as_py() or 0
+    plan.new += n_new
+    plan.retried += n_retried
+    plan.changed += n_embed - n_new - n_retried
+    plan.skipped += n - n_embed
+    rows = j.filter(embed).select(m.column_names)
+    if len(rows):
+        plan.embed_refs.append((ray.put(rows), len(rows)))
+
+
+def _resolve_versions(plan, j, version, known, version_of):
+    """Fill missing manifest versions of already-known videos via `version_of` (stat only)."""
+    need = pc.and_(known, pc.is_null(version))
+    idx = np.flatnonzero(pc.fill_null(need, False).to_numpy(zero_copy_only=False))
+    if not len(idx) or version_of is None:
+        return version
+    found = version_of(j[schema.URI].take(pa.array(idx)).to_pylist())
+    plan.versions_resolved += len(idx)
+    values = version.to_pylist()
+    for i, v in zip(idx, found, strict=True):
+        values[i] = v
+    return pa.array(values, pa.string())
+
+
+def stat_versions(resolve_one, uris: list[str], threads: int = 32) -> list[str | None]:
+    """Resolve content versions concurrently (stat/HEAD calls are I/O bound)."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(resolve_one, uris))

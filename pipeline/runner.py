@@ -1,0 +1,324 @@
+"""One embedding run: validate → plan → stream the Ray graph into the sink → report.
+
+The job (`jobs/embed_catalog.py`) parses arguments into a :class:`RunConfig` and calls
+:func:`run`; everything a test needs to reach lives here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import schema
+from .build import ResourceConfig, build_dataset
+from .decode import DecodeConfig, S3Config, content_version_of
+from .embed import EmbedConfig, signature
+from .manifest import ManifestInfo, default_allowed_root, validate_manifest
+from .refresh import RefreshPlan, plan_refresh, stat_versions
+from .sink import LanceSink, SinkConfig
+from .storage import write_json
+
+logger = logging.getLogger(__name__)
+
+#: Exit codes of the job (part of the documented contract).
+EXIT_OK = 0
+EXIT_FAILED = 1  # unexpected error (crash, cluster unavailable)
+EXIT_INVALID_INPUT = 2  # invalid manifest, arguments or table schema: nothing was embedded
+EXIT_TOO_MANY_ERRORS = 3  # finished, but the failure rate exceeded --max-error-rate
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs, composed by the job and sliced per component."""
+
+    manifest: str
+    db: str
+    table: str = "videos"
+    mode: Literal["incremental", "full"] = "incremental"
+    prune: bool = False
+    metadata_columns: str | tuple[str, ...] | None = "all"
+    allowed_roots: tuple[str, ...] | None = None  # None: the manifest's own directory
+    max_error_rate: float = 0.05
+    s3: S3Config = field(default_factory=S3Config)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    resources: ResourceConfig = field(default_factory=ResourceConfig)
+    chunk_rows: int = 4096
+    progress_seconds: float = 10.0
+    after_run: bool = True  # compaction, index maintenance, cleanup, tag (pipeline.lifecycle)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_error_rate <= 1:
+            raise ValueError("max_error_rate must be in [0, 1]")
+        if self.decode.num_frames != self.embed.model.num_frames:
+            raise ValueError("decode and model frame counts differ")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+
+def signature_inputs(decode: DecodeConfig) -> tuple[tuple[str, str], ...]:
+    """Decode settings that change an embedding: frame count, frame size, clip windows."""
+    return (
+        ("num_frames", str(decode.num_frames)),
+        ("size", str(decode.size)),
+        ("clip_seconds", repr(decode.clip_seconds)),
+        ("clip_overlap_s", repr(decode.clip_overlap_s)),
+    )
+
+
+@dataclass
+class _Progress:
+    total: int
+    every: float
+    started: float = field(default_factory=time.perf_counter)
+    last: float = field(default_factory=time.perf_counter)
+    videos: int = 0
+    clips: int = 0
+    failed: dict[str, set[str]] = field(default_factory=dict)
+    decode_s: float = 0.0
+    embed_s: float = 0.0
+
+    def update(self, batch: pa.Table) -> None:
+        status = batch[schema.STATUS]
+        ok = pc.equal(status, schema.Status.OK.value)
+        self.clips += pc.sum(ok).as_py() or 0
+        # Batches hold whole videos (see _Reassembler): distinct ids are videos done.
+        self.videos += pc.count_distinct(batch[schema.VIDEO_ID]).as_py() or 0
+        bad = batch.filter(pc.invert(ok))
+        for vid, st in zip(
+            bad[schema.VIDEO_ID].to_pylist(), bad[schema.STATUS].to_pylist(), strict=True
+        ):
+            self.failed.setdefault(st, set()).add(vid)
+        for col, attr in ((schema.DECODE_SECONDS, "decode_s"), (schema.EMBED_SECONDS, "embed_s")):
+            if col in batch.column_names:
+                setattr(self, attr, getattr(self, attr) + (pc.sum(batch[col]).as_py() or 0.0))
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last = now
+            rate = self.videos / max(now - self.started, 1e-9)
+            eta = (self.total - self.videos) / rate if rate else float("nan")
+            logger.info(
+                "progress: %d/%d videos (%.1f%%), %d clips, %d failed, %.1f videos/s, eta %.0fs",
+                self.videos,
+                self.total,
+                100 * self.videos / max(self.total, 1),
+                self.clips,
+                self.failed_videos,
+                rate,
+                eta,
+            )
+
+    @property
+    def failed_videos(self) -> int:
+        return len(set().union(*self.failed.values())) if self.failed else 0
+
+
+class _Reassembler:
+    """Regroups a video's rows before the sink sees them.
+
+    The decode stage emits all rows of a video together, but the embed stage re-batches
+    by clip count, so a long video's clips can reach the driver in two batches (in any
+    order). The sink must see each video whole (it replaces a video's clips atomically),
+    so rows wait here until `num_clips` of them have arrived.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[pa.Table] = []
+
+    def push(self, batch: pa.Table) -> pa.Table | None:
+        if schema.NUM_CLIPS not in batch.column_names:
+            return batch
+        table = pa.concat_tables([*self._pending, batch], promote_options="permissive")
+        counts = table.group_by(schema.VIDEO_ID).aggregate(
+            [(schema.NUM_CLIPS, "max"), (schema.VIDEO_ID, "count")]
+        )
+        done = counts.filter(
+            pc.greater_equal(counts[f"{schema.VIDEO_ID}_count"], counts[f"{schema.NUM_CLIPS}_max"])
+        )[schema.VIDEO_ID]
+        complete = pc.is_in(table[schema.VIDEO_ID], value_set=done)
+        rest = table.filter(pc.invert(complete))
+        self._pending = [rest] if len(rest) else []
+        ready = table.filter(complete)
+        if not len(ready):
+            return None
+        return ready.sort_by([(schema.VIDEO_ID, "ascending"), (schema.CLIP_INDEX, "ascending")])
+
+    def leftovers(self) -> pa.Table | None:
+        """Rows of videos that never completed: marked failed so none is silently lost."""
+        if not self._pending:
+            return None
+        rest = pa.concat_tables(self._pending)
+        self._pending = []
+        n = len(rest)
+        logger.error("%d rows of incomplete videos at the end of the stream", n)
+        rest = rest.set_column(
+            rest.schema.get_field_index(schema.STATUS),
+            schema.STATUS,
+            pa.array([schema.Status.EMBED_ERROR.value] * n),
+        )
+        return rest.set_column(
+            rest.schema.get_field_index(schema.MESSAGE),
+            schema.MESSAGE,
+            pa.array(["incomplete: some clips of this video were lost in the pipeline"] * n),
+        )
+
+
+def _version_resolver(decode: DecodeConfig):
+    """`uris -> versions` by stat/HEAD, for manifests without a `version` column."""
+    fs = []
+
+    def one(uri: str) -> str | None:
+        if uri.startswith("s3://") and not fs:
+            fs.append(decode.s3.filesystem())
+        return content_version_of(uri, decode, fs[0] if fs else None)
+
+    return lambda uris: stat_versions(one, uris)
+
+
+def run(cfg: RunConfig) -> dict[str, Any]:
+    """Execute one run and return its report (also written beside the table).
+
+    Raises:
+        ManifestError / TableSchemaError / ValueError: invalid input, before any GPU work.
+    """
+    started_at = datetime.now(UTC)
+    run_id = started_at.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    t0 = time.perf_counter()
+    info: ManifestInfo = validate_manifest(
+        cfg.manifest,
+        endpoint_url=cfg.s3.endpoint_url,
+        region=cfg.s3.region,
+        anon=cfg.s3.anon,
+        metadata_columns=cfg.metadata_columns,
+    )
+    roots = cfg.allowed_roots
+    if roots is None:
+        root = default_allowed_root(cfg.manifest)
+        roots = (root,) if root else ()
+    decode = dataclasses.replace(
+        cfg.decode, allowed_roots=tuple(roots), base_dir=info.base_dir, s3=cfg.s3
+    )
+    identity = cfg.embed.model.identity()
+    embed = dataclasses.replace(cfg.embed, signature_extra=signature_inputs(decode))
+    sig = signature(identity, embed.signature_extra)
+    logger.info(
+        "run %s: %d videos in %s, model %s, signature %s",
+        run_id,
+        info.num_rows,
+        info.uri,
+        identity,
+        sig,
+    )
+
+    sink_cfg = SinkConfig(
+        db_uri=cfg.db,
+        table=cfg.table,
+        chunk_rows=cfg.chunk_rows,
+        storage_options=cfg.s3.storage_options() or None,
+        metadata_fields=info.metadata_fields,
+        store_vision_tokens=cfg.embed.store_vision_tokens,
+    )
+    with LanceSink(sink_cfg) as sink:
+        plan: RefreshPlan = plan_refresh(
+            info,
+            sink,
+            signature=sig,
+            mode=cfg.mode,
+            prune=cfg.prune,
+            version_of=_version_resolver(decode),
+        )
+        logger.info("plan: %s", plan.summary())
+        progress = _Progress(total=plan.to_embed, every=cfg.progress_seconds)
+        if plan.to_embed:
+            ds = build_dataset(
+                plan.dataset(), decode, embed, cfg.resources, model_identity=identity
+            )
+            regroup = _Reassembler()
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                ready = regroup.push(batch)
+                if ready is not None:
+                    progress.update(ready)
+                    sink.write(ready)
+            rest = regroup.leftovers()
+            if rest is not None:
+                progress.update(rest)
+                sink.write(rest)
+        sink.flush()
+        deleted = plan.apply_prune(sink)
+        sink_stats = sink.stats.as_dict()
+        table_version = sink.table_version()
+    wall = time.perf_counter() - t0
+    failed = {st: len(ids) for st, ids in sorted(progress.failed.items())}
+    processed = progress.videos
+    error_rate = progress.failed_videos / processed if processed else 0.0
+    report = {
+        "run_id": run_id,
+        "schema_version": schema.SCHEMA_VERSION,
+        "mode": cfg.mode,
+        "started_at": started_at.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "manifest": {"uri": info.uri, "files": len(info.paths), "videos": info.num_rows},
+        "table": cfg.table,
+        "model": identity,
+        "signature": sig,
+        "counts": {
+            "videos_in_manifest": info.num_rows,
+            "new": plan.new,
+            "changed": plan.changed,
+            "retried": plan.retried,
+            "skipped": plan.skipped,
+            "deleted": deleted,
+            "videos_processed": processed,
+            "videos_embedded": processed - progress.failed_videos,
+            "clips_embedded": progress.clips,
+            "failed": progress.failed_videos,
+            "failed_by_status": failed,
+        },
+        "error_rate": error_rate,
+        "seconds": {
+            "wall": wall,
+            "decode": progress.decode_s,
+            "embed": progress.embed_s,
+            "commit": sink_stats["commit_seconds"],
+        },
+        "throughput": {
+            "videos_per_s": processed / wall if wall else 0.0,
+            "clips_per_s": progress.clips / wall if wall else 0.0,
+        },
+        "sink": sink_stats,
+        "table_version": table_version,
+    }
+    report["exit_code"] = EXIT_TOO_MANY_ERRORS if error_rate > cfg.max_error_rate else EXIT_OK
+    base = f"{cfg.db.rstrip('/')}/_vidcat/{cfg.table}/runs/{run_id}"
+    # The resolved config (roots, base dir, signature inputs): what the query module reads
+    # to re-decode clips exactly as this run did.
+    resolved = dataclasses.replace(cfg, allowed_roots=tuple(roots), decode=decode, embed=embed)
+    write_json(f"{base}.config.json", resolved.to_dict(), cfg.s3)
+    write_json(f"{base}.report.json", report, cfg.s3)
+    report["report_uri"] = f"{base}.report.json"
+    return report
+
+
+def summarize(report: dict[str, Any]) -> str:
+    """A few human lines for the end of a job's log."""
+    c = report["counts"]
+    lines = [
+        f"run {report['run_id']} ({report['mode']}): {c['videos_processed']} videos processed, "
+        f"{c['clips_embedded']} clips embedded, {c['failed']} failed, {c['skipped']} skipped, "
+        f"{c['deleted']} deleted in {report['seconds']['wall']:.1f}s "
+        f"({report['throughput']['videos_per_s']:.1f} videos/s)",
+    ]
+    if c["failed_by_status"]:
+        lines.append("failures: " + ", ".join(f"{k}={v}" for k, v in c["failed_by_status"].items()))
+    lines.append(f"report: {report.get('report_uri', '-')}")
+    return "\n".join(lines)
