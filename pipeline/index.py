@@ -1,0 +1,350 @@
+"""Vector and scalar indices on the embeddings table, and the one vector-search entry point.
+
+The project, not the analyst, picks the ANN index and its search parameters: `IndexConfig`
+holds both, tuned on 1M clustered 512-d unit vectors (`benchmarks/query_latency.py`,
+numbers in `benchmarks/query_latency_tuning.md`). Every search goes through
+`vector_query`/`vector_search`, so the cosine metric, the prefilter and the tuned
+`nprobes`/`ef`/`refine_factor` cannot be forgotten by a caller.
+
+Index life cycle in LanceDB 0.40:
+
+* `build_index` trains the IVF centroids and the quantizer on the rows present now, and
+  builds a BTREE index on `video_id` (plus any bitmap columns). Below
+  `IndexConfig.min_rows_for_index` no vector index is built: a flat scan of a small table
+  is already fast and exact.
+* After an append the new rows are *unindexed*: every query brute-forces them and merges
+  the result with the ANN result, so latency grows with the backlog.
+  `Table.optimize()` (compaction + pruning + index update) folds those rows into the
+  existing indices **without retraining**: they are assigned to the trained centroids and
+  quantized with the trained quantizer (its `retrain` flag is deprecated and ignored).
+  That is cheap but keeps centroids fit to the old data, so `update_index` retrains from
+  scratch once the table has grown `retrain_growth` times past the rows the index was
+  trained on, or the unindexed backlog exceeds `retrain_backlog` of the indexed rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from lancedb.index import Bitmap, BTree, HnswSq, IvfFlat, IvfPq, IvfSq
+from lancedb.query import LanceVectorQueryBuilder
+
+from pipeline.schema import (
+    CLIP_END_S,
+    CLIP_ID,
+    CLIP_INDEX,
+    CLIP_START_S,
+    EMBED_DIM,
+    EMBEDDING,
+    URI,
+    VIDEO_ID,
+)
+
+logger = logging.getLogger(__name__)
+
+#: The only distance the project uses: the embeddings are unit-norm, so cosine distance
+#: is `1 - dot` and `score = 1 - _distance` is the cosine similarity.
+METRIC = "cosine"
+DISTANCE = "_distance"
+SCORE = "score"
+#: What `vector_search` returns by default (plus `_distance` and `score`).
+RESULT_COLUMNS = (CLIP_ID, VIDEO_ID, CLIP_INDEX, CLIP_START_S, CLIP_END_S, URI)
+#: Name LanceDB gives the vector index by default; fixed so stats can be looked up.
+VECTOR_INDEX_NAME = f"{EMBEDDING}_idx"
+#: Field-metadata key on the embedding column: rows the vector index was trained on.
+TRAINED_ROWS_KEY = "vidcat:index_trained_rows"
+
+IndexType = Literal["IVF_HNSW_SQ", "IVF_PQ", "IVF_SQ", "IVF_FLAT"]
+#: `list_indices()` spellings of vector index types (any, not only those we build).
+_VECTOR_INDEX_TYPES = frozenset(
+    {"IvfHnswSq", "IvfHnswPq", "IvfHnswFlat", "IvfPq", "IvfSq", "IvfFlat", "IvfRq"}
+)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How the embeddings table is indexed and searched.
+
+    Build parameters are functions of the row count `N` at build time; search parameters
+    are fixed. Defaults come from the 1M-row tuning in `benchmarks/query_latency_tuning.md`.
+
+    Attributes:
+        index_type: LanceDB vector index type.
+        rows_per_partition: IVF partitions = ceil(N / rows_per_partition), clamped to
+            [min_partitions, max_partitions]. HNSW wants few, large partitions (one graph
+            each); IVF_PQ/IVF_SQ/IVF_FLAT want ~sqrt(N)-sized ones.
+        min_partitions: lower clamp of the partition count.
+        max_partitions: upper clamp of the partition count.
+        m: HNSW out-degree (IVF_HNSW_* only).
+        ef_construction: HNSW build beam width (IVF_HNSW_* only).
+        num_sub_vectors: PQ sub-vectors (IVF_PQ only); 512 / 64 = 8 dims per code.
+        sample_rate: k-means training sample per partition.
+        min_rows_for_index: below this many rows no vector index is built and every
+            search is a flat (exact) scan.
+        nprobes: IVF partitions searched per query.
+        ef: HNSW search beam width (IVF_HNSW_* only); None leaves LanceDB's 1.5 * k.
+        refine_factor: re-rank `refine_factor * k` candidates with the full-precision
+            vectors. Required (>= 1) for quantized indices: without it LanceDB 0.40
+            returns their internal quantized distance (not 1 - cosine) as `_distance`.
+            None (no re-rank) only for IVF_FLAT, which stores exact vectors.
+        btree_columns: scalar BTREE indices (high-cardinality filter columns).
+        bitmap_columns: scalar bitmap indices (low-cardinality filter columns).
+        retrain_growth: `update_index` retrains when rows exceed this multiple of the
+            rows the index was trained on.
+        retrain_backlog: `update_index` retrains when unindexed rows exceed this
+            fraction of indexed rows.
+    """
+
+    index_type: IndexType = "IVF_HNSW_SQ"
+    rows_per_partition: int = 16_384
+    min_partitions: int = 1
+    max_partitions: int = 4096
+    m: int = 20
+    ef_construction: int = 150
+    num_sub_vectors: int = 64
+    sample_rate: int = 256
+    min_rows_for_index: int = 20_000
+    nprobes: int = 8
+    ef: int | None = 100
+    refine_factor: int | None = 2
+    btree_columns: tuple[str, ...] = (VIDEO_ID,)
+    bitmap_columns: tuple[str, ...] = field(default=())
+    retrain_growth: float = 2.0
+    retrain_backlog: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.index_type not in IndexType.__args__:
+            raise ValueError(f"index_type must be one of {IndexType.__args__}")
+        positive = ("rows_per_partition", "min_partitions", "m", "ef_construction", "nprobes")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.max_partitions < self.min_partitions:
+            raise ValueError("max_partitions must be >= min_partitions")
+        if EMBED_DIM % self.num_sub_vectors:
+            raise ValueError(f"num_sub_vectors must divide {EMBED_DIM}")
+        if self.ef is not None and self.ef < 1:
+            raise ValueError("ef must be >= 1 or None")
+        if self.refine_factor is not None and self.refine_factor < 1:
+            raise ValueError("refine_factor must be >= 1 or None")
+        if self.refine_factor is None and self.index_type != "IVF_FLAT":
+            # Quantized indices report a distance in their own (L2-like) units, not the
+            # cosine distance; only the re-rank restores `score = cosine similarity`.
+            raise ValueError(f"{self.index_type} needs refine_factor >= 1")
+        if self.retrain_growth <= 1 or self.retrain_backlog <= 0:
+            raise ValueError("retrain_growth must be > 1 and retrain_backlog > 0")
+
+    def num_partitions(self, num_rows: int) -> int:
+        """IVF partition count for a table of `num_rows` rows."""
+        wanted = math.ceil(num_rows / self.rows_per_partition)
+        return min(self.max_partitions, max(self.min_partitions, wanted))
+
+    def vector_index(self, num_rows: int) -> HnswSq | IvfPq | IvfSq | IvfFlat:
+        """The LanceDB index config object to build for `num_rows` rows."""
+        common = {
+            "distance_type": METRIC,
+            "num_partitions": self.num_partitions(num_rows),
+            "sample_rate": self.sample_rate,
+        }
+        if self.index_type == "IVF_HNSW_SQ":
+            return HnswSq(**common, m=self.m, ef_construction=self.ef_construction)
+        if self.index_type == "IVF_PQ":
+            return IvfPq(**common, num_sub_vectors=self.num_sub_vectors)
+        if self.index_type == "IVF_SQ":
+            return IvfSq(**common)
+        return IvfFlat(**common)
+
+
+def has_vector_index(table: lancedb.table.Table) -> bool:
+    """Whether `table` has a vector index on the embedding column."""
+    return any(
+        idx.columns == [EMBEDDING] and idx.index_type in _VECTOR_INDEX_TYPES
+        for idx in table.list_indices()
+    )
+
+
+def build_index(
+    table: lancedb.table.Table, config: IndexConfig = IndexConfig(), *, replace: bool = True
+) -> dict[str, Any]:
+    """Train the vector index (if the table is big enough) and build the scalar indices.
+
+    Args:
+        table: the embeddings table.
+        config: index choice and parameters.
+        replace: rebuild indices that already exist; with False an existing index is kept.
+
+    Returns:
+        What was done: `rows`, `vector_index` (None when skipped, else `type`, `params`,
+        `seconds`) and `scalar_indices` (a list of `column`, `type`, `seconds`).
+    """
+    num_rows = table.count_rows()
+    report: dict[str, Any] = {"rows": num_rows, "vector_index": None, "scalar_indices": []}
+    existing = {idx.name for idx in table.list_indices()}
+    if num_rows < config.min_rows_for_index:
+        logger.info("%d rows < %d: no vector index", num_rows, config.min_rows_for_index)
+    elif replace or VECTOR_INDEX_NAME not in existing:
+        index = config.vector_index(num_rows)
+        start = time.perf_counter()
+        table.create_index(EMBEDDING, config=index, replace=True, name=VECTOR_INDEX_NAME)
+        table.update_field_metadata(
+            {"path": EMBEDDING, "metadata": {TRAINED_ROWS_KEY: str(num_rows)}}
+        )
+        report["vector_index"] = {
+            "type": config.index_type,
+            "params": {k: v for k, v in asdict(index).items() if v is not None},
+            "seconds": time.perf_counter() - start,
+        }
+        logger.info("built %s on %d rows: %s", config.index_type, num_rows, report)
+    scalar = [(c, BTree()) for c in config.btree_columns]
+    scalar += [(c, Bitmap()) for c in config.bitmap_columns]
+    for column, index in scalar:
+        name = f"{column}_idx"
+        if name in existing and not replace:
+            continue
+        start = time.perf_counter()
+        table.create_index(column, config=index, replace=True, name=name)
+        report["scalar_indices"].append(
+            {
+                "column": column,
+                "type": type(index).__name__.upper(),
+                "seconds": time.perf_counter() - start,
+            }
+        )
+    return report
+
+
+def _trained_rows(table: lancedb.table.Table) -> int | None:
+    metadata = table.schema.field(EMBEDDING).metadata or {}
+    value = metadata.get(TRAINED_ROWS_KEY.encode())
+    return int(value) if value is not None else None
+
+
+def update_index(table: lancedb.table.Table, config: IndexConfig = IndexConfig()) -> dict[str, Any]:
+    """Bring the indices up to date after rows were appended.
+
+    Folds new rows into the existing indices with `Table.optimize()` (no retraining), or
+    retrains everything with `build_index` when the table outgrew the trained index (see
+    the module docstring), or builds the first vector index once the table is big enough.
+
+    Returns:
+        `action` ("optimize", "retrain" or "build") and, for builds, `build_index`'s report.
+    """
+    num_rows = table.count_rows()
+    stats = table.index_stats(VECTOR_INDEX_NAME) if has_vector_index(table) else None
+    if stats is None:
+        if num_rows >= config.min_rows_for_index:
+            return {"action": "build", **build_index(table, config)}
+        table.optimize()
+        return {"action": "optimize", "rows": num_rows}
+    trained = _trained_rows(table) or stats.num_indexed_rows
+    grown = num_rows > config.retrain_growth * trained
+    backlog = stats.num_unindexed_rows > config.retrain_backlog * stats.num_indexed_rows
+    if grown or backlog:
+        logger.info(
+            "retraining: %d rows, trained on %d, %d unindexed",
+            num_rows,
+            trained,
+            stats.num_unindexed_rows,
+        )
+        table.optimize()  # compaction first so the rebuild reads few large fragments
+        return {"action": "retrain", **build_index(table, config)}
+    start = time.perf_counter()
+    table.optimize()
+    return {"action": "optimize", "rows": num_rows, "seconds": time.perf_counter() - start}
+
+
+def vector_query(
+    table: lancedb.table.Table,
+    vector: np.ndarray,
+    k: int = 10,
+    where: str | None = None,
+    config: IndexConfig = IndexConfig(),
+    *,
+    exact: bool = False,
+) -> LanceVectorQueryBuilder:
+    """The project's k-NN query on the embedding column, not yet executed.
+
+    Callers may add `.select(...)` before running it. LanceDB ignores the ANN parameters
+    when the table has no vector index, so a small table is always scanned exactly.
+
+    Args:
+        table: the embeddings table.
+        vector: query embedding `[512]`, unit-norm.
+        k: number of rows to return.
+        where: SQL filter over metadata, applied before the vector search.
+        config: search parameters.
+        exact: scan every row (ground truth for recall), even if an index exists.
+    """
+    query = np.asarray(vector, dtype=np.float32)
+    if query.shape != (EMBED_DIM,):
+        raise ValueError(f"query vector must have shape ({EMBED_DIM},), got {query.shape}")
+    builder = table.search(query, vector_column_name=EMBEDDING).distance_type(METRIC).limit(k)
+    if where:
+        builder = builder.where(where, prefilter=True)
+    if exact:
+        return builder.bypass_vector_index()
+    # Exactly `nprobes` partitions, also under a filter: LanceDB 0.40 probes every
+    # partition up to `maximum_nprobes` whenever a prefilter is set, and "unlimited" made a
+    # filtered 1M-row query 7x slower. `vector_search` covers the short-result case.
+    builder = builder.nprobes(config.nprobes)
+    if config.ef is not None:
+        builder = builder.ef(config.ef)
+    if config.refine_factor is not None:
+        builder = builder.refine_factor(config.refine_factor)
+    return builder
+
+
+def vector_search(
+    table: lancedb.table.Table,
+    vector: np.ndarray,
+    k: int = 10,
+    where: str | None = None,
+    config: IndexConfig = IndexConfig(),
+    *,
+    exact: bool = False,
+    columns: Sequence[str] | None = RESULT_COLUMNS,
+) -> pa.Table:
+    """Top-k rows by cosine similarity to `vector`, best first.
+
+    Args:
+        table: the embeddings table.
+        vector: query embedding `[512]`, unit-norm.
+        k: number of rows to return.
+        where: SQL filter over metadata (e.g. `"video_id = 'v1'"`), applied before the
+            vector search. If the probed partitions hold fewer than k matching rows (a
+            selective filter, or one whose rows lie far from the query) the search is
+            repeated as an exact scan of the matching rows, so k rows come back whenever
+            k rows pass the filter.
+        config: search parameters.
+        exact: scan every row, ignoring the index.
+        columns: columns to return; None returns all of them. Each column is a random
+            read per result row, so the default is a lean identifying set: all columns
+            (with the 2 KiB embedding) made a 1M-row query ~3x slower.
+
+    Returns:
+        The rows with `_distance` (cosine distance) and `score` (`1 - _distance`, the
+        cosine similarity), ordered by descending score.
+    """
+
+    def run(exact: bool) -> pa.Table:
+        builder = vector_query(table, vector, k, where, config, exact=exact)
+        if columns is not None:
+            builder = builder.select([*columns, DISTANCE])
+        return builder.to_arrow()
+
+    result = run(exact)
+    if where and not exact and result.num_rows < k:
+        logger.debug("filter %r left %d < %d rows in the probed partitions", where,
+                     result.num_rows, k)  # fmt: skip
+        result = run(exact=True)
+    score = pc.subtract(pa.scalar(1.0, pa.float32()), result[DISTANCE])
+    return result.append_column(SCORE, score)
