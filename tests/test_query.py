@@ -1,0 +1,309 @@
+"""CatalogSearch and its CLI on real LanceDB tables in tmp_path, with the tiny random model."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from media import write_video
+
+from models.internvideo2.tokenizer import tokenize
+from pipeline import schema
+from pipeline.decode import DecodeConfig, DecodeStage
+from pipeline.embed import EmbedConfig, EmbedStage, ModelSpec
+from pipeline.query import CatalogSearch, QueryError, format_results, main, tiny_tokenizer
+from pipeline.runner import signature_inputs
+from pipeline.sink import LanceSink, SinkConfig
+
+SPEC = ModelSpec(model="tiny-random")
+QUERY = "a red square moving left"
+PLANTED = "v3#00000"
+META = (pa.field("caption", pa.string()), pa.field("category", pa.string()))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_clips(db: str, table: str, rows: list[dict]) -> None:
+    """Commit rows (video_id, clip_index, embedding, caption, category, ...) via LanceSink."""
+    n = len(rows)
+    batch = {
+        schema.VIDEO_ID: np.array([r["video_id"] for r in rows], dtype=object),
+        schema.CLIP_INDEX: np.array([r.get("clip_index", 0) for r in rows], np.int32),
+        schema.CLIP_START_S: np.array([r.get("clip_index", 0) * 1.0 for r in rows]),
+        schema.CLIP_END_S: np.array([r.get("clip_index", 0) + 1.0 for r in rows]),
+        schema.URI: np.array([f"/nonexistent/{r['video_id']}.mp4" for r in rows], dtype=object),
+        schema.STATUS: np.array(["ok"] * n, dtype=object),
+        schema.EMBEDDING: np.stack([r["embedding"] for r in rows]).astype(np.float32),
+        schema.MODEL: np.array([SPEC.identity()] * n, dtype=object),
+        schema.SIGNATURE: np.array(["planted"] * n, dtype=object),
+        schema.NUM_FRAMES: np.full(n, 4, np.int32),
+        schema.FRAME_INDICES: np.tile(np.arange(4, dtype=np.int32), (n, 1)),
+        "caption": np.array([r.get("caption", "clip") for r in rows], dtype=object),
+        "category": np.array([r.get("category", "news") for r in rows], dtype=object),
+    }
+    with LanceSink(SinkConfig(db_uri=db, table=table, metadata_fields=META)) as sink:
+        sink.write(batch)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return SPEC.build("cpu", torch.float32)
+
+
+@pytest.fixture(scope="module")
+def query_vector(model):
+    ids, mask = tokenize(tiny_tokenizer(), [QUERY])
+    with torch.inference_mode():
+        return model.encode_text(ids, mask)[0][0].numpy()
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, query_vector):
+    """v0 has 3 clips; v1..v7 one each; v3's clip is the text embedding of QUERY."""
+    db = str(tmp_path_factory.mktemp("planted") / "db")
+    rng = np.random.default_rng(7)
+    rows = [
+        {
+            "video_id": "v0",
+            "clip_index": i,
+            "embedding": unit(rng.normal(size=512)),
+            "category": "sports",
+            "caption": "a long caption that does not fit in one table cell",
+        }
+        for i in range(3)
+    ]
+    for v in range(1, 8):
+        rows.append(
+            {
+                "video_id": f"v{v}",
+                "embedding": unit(rng.normal(size=512)),
+                "category": "sports" if v % 2 else "news",
+                "caption": f"clip {v}",
+            }
+        )
+    rows[5] = {**rows[5], "embedding": query_vector, "caption": QUERY, "category": "news"}  # v3
+    write_clips(db, "videos", rows)
+    return db, {f"{r['video_id']}#{r.get('clip_index', 0):05d}": r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def search(planted):
+    return CatalogSearch(planted[0], model=SPEC)
+
+
+def test_planted_caption_comes_first(search, planted):
+    out = search.text(QUERY, k=4)
+    assert out.column_names == [
+        "clip_id",
+        "video_id",
+        "clip_index",
+        "clip_start_s",
+        "clip_end_s",
+        "uri",
+        "score",
+        "caption",
+        "category",
+    ]
+    assert out["clip_id"][0].as_py() == PLANTED
+    assert out["score"][0].as_py() == pytest.approx(1.0, abs=1e-5)
+    scores = out["score"].to_numpy()
+    assert len(out) == 4 and np.all(np.diff(scores) <= 0)
+    rows = planted[1]
+    expected = [
+        float(rows[c]["embedding"] @ rows[PLANTED]["embedding"]) for c in out["clip_id"].to_pylist()
+    ]
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+
+
+def test_where_filters_before_the_search(search):
+    out = search.text(QUERY, k=5, where="category = 'sports'")
+    assert len(out) == 5 and set(out["category"].to_pylist()) == {"sports"}
+    assert PLANTED not in out["clip_id"].to_pylist()
+
+
+def test_precomputed_vector_skips_the_text_encoder(planted, query_vector):
+    out = CatalogSearch(planted[0]).text("anything", k=1, vector=query_vector)
+    assert out["clip_id"].to_pylist() == [PLANTED]
+
+
+def test_similar_uses_the_mean_clip_and_excludes_the_video(planted):
+    db, rows = planted
+    lazy = ModelSpec(model="internvideo2-1b", checkpoint="/nonexistent/weights.pt")
+    search = CatalogSearch(db, model=lazy)  # similar() never loads the model
+    out = search.similar("v0", k=3)
+    assert len(out) == 3 and "v0" not in out["video_id"].to_pylist()
+    mean = unit(np.mean([rows[f"v0#{i:05d}"]["embedding"] for i in range(3)], axis=0))
+    expected = sorted(
+        (float(r["embedding"] @ mean) for c, r in rows.items() if r["video_id"] != "v0"),
+        reverse=True,
+    )[:3]
+    np.testing.assert_allclose(out["score"].to_numpy(), expected, atol=1e-5)
+    everything = search.similar("v0", k=100, where="category = 'sports' OR category = 'news'")
+    assert len(everything) == 7 and "v0" not in everything["video_id"].to_pylist()
+    hostile = search.similar("v0", k=100, where="1 = 1) OR (1 = 1")
+    assert "v0" not in hostile["video_id"].to_pylist()
+    with pytest.raises(QueryError, match="cannot load the model"):
+        search.text(QUERY)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda s: s.text(""), "empty"),
+        (lambda s: s.text("   \n"), "empty"),
+        (lambda s: s.text(QUERY, k=0), "k must be a positive integer"),
+        (lambda s: s.text(QUERY, rerank=True, rerank_k=0), "rerank_k"),
+        (lambda s: s.similar("nope"), "unknown video_id 'nope'"),
+        (lambda s: s.similar("v0", k=-1), "k must be"),
+        (lambda s: s.text(QUERY, where="category = "), r"invalid where clause 'category = '"),
+        (lambda s: s.text(QUERY, where="no_such_column = 1"), "no_such_column"),
+        (lambda s: s.similar("v0", where="category ="), "invalid where clause"),
+        (lambda s: s.video(""), "empty"),
+        (lambda s: s.video("/nonexistent/q.mp4"), "cannot decode query video"),
+    ],
+)
+def test_bad_queries_raise_clear_errors(search, call, message):
+    with pytest.raises(QueryError, match=message):
+        call(search)
+
+
+def test_errors_without_model_table_or_tokenizer(planted, tmp_path):
+    db = planted[0]
+    with pytest.raises(QueryError, match=r"no table 'missing' in .*db"):
+        CatalogSearch(db, table="missing")
+    bare = CatalogSearch(db)
+    with pytest.raises(QueryError, match="needs a model"):
+        bare.text(QUERY)
+    with pytest.raises(QueryError, match="rerank needs a model"):
+        bare.text(QUERY, rerank=True, vector=np.ones(512, np.float32) / 512**0.5)
+    with pytest.raises(QueryError, match="WordPiece"):
+        CatalogSearch(db, model=SPEC, tokenizer=str(tmp_path / "vocab.txt")).text(QUERY)
+    assert issubclass(QueryError, ValueError)
+
+
+def test_searcher_sees_rows_committed_after_it_opened(tmp_path):
+    db = str(tmp_path / "db")
+    rng = np.random.default_rng(1)
+    write_clips(
+        db,
+        "videos",
+        [{"video_id": f"old{i}", "embedding": unit(rng.normal(size=512))} for i in range(3)],
+    )
+    search = CatalogSearch(db)
+    fresh = unit(rng.normal(size=512))
+    assert search.text("q", k=1, vector=fresh)["video_id"][0].as_py().startswith("old")
+    write_clips(db, "videos", [{"video_id": "new", "embedding": fresh}])  # another connection
+    out = search.text("q", k=10, vector=fresh)
+    assert out["video_id"][0].as_py() == "new" and len(out) == 4
+
+
+def test_video_query_goes_through_the_pipeline_decode_and_model(tmp_path):
+    root = tmp_path / "media"
+    root.mkdir()
+    for i, frames in enumerate((40, 60)):
+        write_video(root / f"q{i}.mp4", frames)
+    decode = DecodeConfig(allowed_roots=(str(root),), clip_seconds=1.0)
+    manifest = pa.table(
+        {
+            "video_id": ["q0", "q1"],
+            "uri": [str(root / "q0.mp4"), str(root / "q1.mp4")],
+            "caption": ["zero", "one"],
+            "category": ["a", "b"],
+        }
+    )
+    stage = EmbedStage(EmbedConfig(model=SPEC, signature_extra=signature_inputs(decode)))
+    rows = stage(DecodeStage(decode)(manifest))
+    db = str(tmp_path / "db")
+    with LanceSink(SinkConfig(db_uri=db, metadata_fields=META)) as sink:
+        sink.write(rows)
+    with CatalogSearch(db, model=SPEC, decode=decode) as search:
+        single = search.video(f"file://{root / 'q0.mp4'}", k=1)  # 1.6 s: one clip
+        out = search.video(str(root / "q1.mp4"), k=3)  # 2.4 s: two 1-s clips, mean of both
+    # Same decode and model as the pipeline: the query clip is the stored one exactly.
+    assert single["clip_id"].to_pylist() == ["q0#00000"]
+    assert single["score"][0].as_py() == pytest.approx(1.0, abs=1e-5)
+    assert sorted(out["clip_id"].to_pylist()) == ["q0#00000", "q1#00000", "q1#00001"]
+    ids = [schema.clip_id(v, i) for v, i in zip(rows["video_id"], rows["clip_index"], strict=True)]
+    emb = dict(zip(ids, rows["embedding"], strict=True))
+    mean = unit(emb["q1#00000"] + emb["q1#00001"])
+    expected = [float(emb[c] @ mean) for c in out["clip_id"].to_pylist()]
+    np.testing.assert_allclose(out["score"].to_numpy(), expected, atol=1e-4)
+
+
+# ---- CLI --------------------------------------------------------------------------------
+def test_cli_json_csv_and_table(planted, capsys):
+    db = planted[0]
+    assert main(["text", QUERY, "--db", db, "--k", "3", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["clip_id"] for r in rows][:1] == [PLANTED] and len(rows) == 3
+    assert set(rows[0]) >= {"clip_id", "video_id", "score", "caption", "category", "uri"}
+
+    assert (
+        main(
+            [
+                "similar",
+                "v1",
+                "--db",
+                db,
+                "--k",
+                "4",
+                "--format",
+                "csv",
+                "--where",
+                "category = 'sports'",
+            ]
+        )
+        == 0
+    )
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(table) == 4 and {r["category"] for r in table} == {"sports"}
+    assert all(r["video_id"] != "v1" for r in table) and float(table[0]["score"]) <= 1.0
+
+    assert main(["similar", "v1", "--db", db, "--k", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["clip_id", "video_id"] and set(lines[1]) <= {"-", " "}
+    assert len(lines) == 7 and any("…" in line for line in lines)  # the long caption
+    widths = {len(line.rstrip()) for line in lines[2:]}
+    assert max(widths) <= len(lines[1])
+
+
+def test_cli_errors_exit_2(planted, capsys):
+    db = planted[0]
+    assert main(["text", "  ", "--db", db]) == 2
+    assert "error: the query text is empty" in capsys.readouterr().err
+    assert main(["similar", "v1", "--db", db, "--where", "category ="]) == 2
+    assert "category =" in capsys.readouterr().err
+    assert main(["similar", "v1", "--db", db, "--table", "nope"]) == 2
+    assert "no table 'nope'" in capsys.readouterr().err
+    assert main(["text", QUERY, "--db", db, "--k", "0"]) == 2
+
+
+def test_cli_module_entry_point(planted):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    args = ["similar", "v2", "--db", planted[0], "--format", "json", "--k", "2"]
+    cmd = [sys.executable, "-m", "pipeline.query", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)) == 2
+
+
+def test_format_results_handles_nulls_and_lists():
+    rows = pa.table({"a": [1.0, float("nan")], "b": [[1, 2], None], "c": ["x", None]})
+    assert json.loads(format_results(rows, "json")) == [
+        {"a": 1.0, "b": [1, 2], "c": "x"},
+        {"a": None, "b": None, "c": None},
+    ]
+    assert format_results(rows, "csv").splitlines() == ["a,b,c", '1.0,"[1, 2]",x', ",,"]
+    with pytest.raises(ValueError, match="unknown format"):
+        format_results(rows, "xml")
