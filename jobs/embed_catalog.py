@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.build import ResourceConfig
 from pipeline.decode import DecodeConfig, S3Config
 from pipeline.embed import INTERNVIDEO2_1B, TINY_RANDOM, EmbedConfig, ModelSpec
+from pipeline.lifecycle import MaintenanceConfig
 from pipeline.manifest import ManifestError
 from pipeline.runner import (
     EXIT_FAILED,
@@ -91,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-maintenance",
         action="store_true",
         help="skip compaction, index maintenance, cleanup and tagging",
+    )
+    run_g.add_argument(
+        "--retention-days",
+        type=float,
+        default=7.0,
+        help="table versions and refresh tags older than this are deleted after the run",
     )
     run_g.add_argument(
         "--ray-address",
@@ -191,7 +199,9 @@ def build_config(args: argparse.Namespace, has_gpu: bool) -> RunConfig:
             embed_batch_clips=args.batch_size or (128 if gpus else 16),
         ),
         chunk_rows=args.chunk_rows,
-        after_run=not args.no_maintenance,
+        maintenance=None
+        if args.no_maintenance
+        else MaintenanceConfig(retention=timedelta(days=args.retention_days)),
     )
 
 
@@ -202,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import ray
 
-    address = args.ray_address or os.environ.get("RAY_ADDRESS")
+    # "local", not None: ray.init(None) attaches to whatever /tmp/ray/ray_current_cluster
+    # names (another user's cluster, or a dead one it then waits on forever).
+    address = args.ray_address or os.environ.get("RAY_ADDRESS") or "local"
     try:
         ray.init(address=address, log_to_driver=True, include_dashboard=False)
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0

@@ -22,6 +22,7 @@ from . import schema
 from .build import ResourceConfig, build_dataset
 from .decode import DecodeConfig, S3Config, content_version_of
 from .embed import EmbedConfig, signature
+from .lifecycle import MaintenanceConfig, maintain
 from .manifest import ManifestInfo, default_allowed_root, validate_manifest
 from .refresh import RefreshPlan, plan_refresh, stat_versions
 from .sink import LanceSink, SinkConfig
@@ -54,7 +55,8 @@ class RunConfig:
     resources: ResourceConfig = field(default_factory=ResourceConfig)
     chunk_rows: int = 4096
     progress_seconds: float = 10.0
-    after_run: bool = True  # compaction, index maintenance, cleanup, tag (pipeline.lifecycle)
+    #: Compaction, index upkeep, old-version cleanup and tagging after the run; None skips.
+    maintenance: MaintenanceConfig | None = field(default_factory=MaintenanceConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_error_rate <= 1:
@@ -257,6 +259,15 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         deleted = plan.apply_prune(sink)
         sink_stats = sink.stats.as_dict()
         table_version = sink.table_version()
+    maintenance: dict[str, Any] | None = None
+    if cfg.maintenance is not None:
+        try:
+            maintenance = maintain(cfg.db, cfg.table, storage_options=sink_cfg.storage_options,
+                                   config=cfg.maintenance)
+            table_version = maintenance["versions"][cfg.table]
+        except Exception as exc:  # the data is committed; the run still reports the failure
+            logger.exception("post-run maintenance failed")
+            maintenance = {"error": f"{type(exc).__name__}: {exc}"}
     wall = time.perf_counter() - t0
     failed = {st: len(ids) for st, ids in sorted(progress.failed.items())}
     processed = progress.videos
@@ -297,8 +308,15 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         },
         "sink": sink_stats,
         "table_version": table_version,
+        "maintenance": maintenance,
+        "tag": (maintenance or {}).get("tag"),
     }
-    report["exit_code"] = EXIT_TOO_MANY_ERRORS if error_rate > cfg.max_error_rate else EXIT_OK
+    if maintenance and "error" in maintenance:
+        report["exit_code"] = EXIT_FAILED
+    elif error_rate > cfg.max_error_rate:
+        report["exit_code"] = EXIT_TOO_MANY_ERRORS
+    else:
+        report["exit_code"] = EXIT_OK
     base = f"{cfg.db.rstrip('/')}/_vidcat/{cfg.table}/runs/{run_id}"
     # The resolved config (roots, base dir, signature inputs): what the query module reads
     # to re-decode clips exactly as this run did.

@@ -1,0 +1,159 @@
+"""Table lifecycle after each run: compaction, index upkeep, version cleanup, tags, rollback.
+
+Every refresh ends with :func:`maintain`:
+
+1. the embeddings table's vector index is created once the table is large enough, new rows
+   are folded into it by `optimize()` (so they are not searched by brute force forever),
+   and it is retrained when the table outgrew it (`pipeline.index.update_index`);
+2. the new version of every table is tagged `refresh-<UTC timestamp>`; refresh tags older
+   than the retention period are dropped (the newest is always kept), so a rollback can
+   reach any refresh of the retention window;
+3. every table of the catalog (embeddings, errors, vision tokens) is compacted and versions
+   older than the retention period are deleted, never a tagged one.
+
+:func:`rollback` restores every table of the catalog to a tag.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from . import schema
+from .index import IndexConfig, update_index
+from .sink import open_table
+
+logger = logging.getLogger(__name__)
+
+TAG_PREFIX = "refresh-"
+
+
+@dataclass(frozen=True)
+class MaintenanceConfig:
+    """Attributes:
+    retention: versions and refresh tags older than this are deleted (readers still on an
+        older version fail; rollback reaches back this far).
+    index: vector/scalar index settings.
+    """
+
+    retention: timedelta = timedelta(days=7)
+    index: IndexConfig = field(default_factory=IndexConfig)
+
+    def __post_init__(self) -> None:
+        if self.retention < timedelta(0):
+            raise ValueError("retention must be >= 0")
+
+
+def tag_name(at: datetime) -> str:
+    """`refresh-20261126T021500Z`: sortable, unique per second."""
+    return TAG_PREFIX + at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def catalog_tables(
+    db_uri: str, table: str, storage_options: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The catalog's tables that exist: embeddings (required), errors, vision tokens."""
+    out = {table: open_table(db_uri, table, storage_options)}
+    for name in (schema.errors_table_name(table), schema.vision_tokens_table_name(table)):
+        try:
+            out[name] = open_table(db_uri, name, storage_options)
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def maintain(
+    db_uri: str,
+    table: str,
+    *,
+    storage_options: Mapping[str, str] | None = None,
+    config: MaintenanceConfig | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Run the post-refresh upkeep; returns what was done (for the run report)."""
+    config = config or MaintenanceConfig()
+    start = time.perf_counter()
+    tables = catalog_tables(db_uri, table, storage_options)
+    report: dict[str, Any] = {"index": update_index(tables[table], config.index)}
+    now = now or datetime.now(UTC)
+    tag = tag_name(now)
+    versions = {}
+    for name, t in tables.items():
+        t.tags.create(tag, t.version)
+        _drop_expired_tags(t, now - config.retention)
+        _compact_and_clean(t, config.retention)
+        versions[name] = t.version
+    report.update(tag=tag, versions=versions, seconds=time.perf_counter() - start)
+    logger.info("maintenance of %s: tagged %s at %s", table, tag, versions)
+    return report
+
+
+def _tag_time(name: str) -> datetime | None:
+    try:
+        return datetime.strptime(name.removeprefix(TAG_PREFIX), "%Y%m%dT%H%M%SZ").replace(
+            tzinfo=UTC
+        )
+    except ValueError:
+        return None
+
+
+def _drop_expired_tags(t, cutoff: datetime) -> None:
+    refresh = sorted(n for n in t.tags.list() if n.startswith(TAG_PREFIX) and _tag_time(n))
+    for name in refresh[:-1]:  # the newest refresh tag always stays
+        if _tag_time(name) < cutoff:
+            t.tags.delete(name)
+
+
+def _compact_and_clean(t, retention: timedelta) -> None:
+    """Compact, then delete versions older than `retention` but never a tagged one.
+
+    Lance refuses a cleanup that would reach a tagged version, so the cutoff stops just
+    short of the oldest tagged version when that one is older than the retention period.
+    """
+    tagged = {t.tags.get_version(n) for n in t.tags.list()}
+    stamps = {v["version"]: v["timestamp"] for v in t.list_versions()}
+    older_than = retention
+    if tagged & stamps.keys():
+        oldest = min(stamps[v] for v in tagged if v in stamps)
+        oldest = oldest.astimezone(UTC) if oldest.tzinfo is None else oldest
+        age = datetime.now(UTC) - oldest
+        older_than = max(retention, age + timedelta(seconds=1))
+    t.optimize(cleanup_older_than=older_than)
+
+
+def list_tags(
+    db_uri: str, table: str, storage_options: Mapping[str, str] | None = None
+) -> dict[str, int]:
+    """Tag → version of the embeddings table, oldest first."""
+    t = open_table(db_uri, table, storage_options)
+    return {name: t.tags.get_version(name) for name in sorted(t.tags.list())}
+
+
+def rollback(
+    db_uri: str, table: str, tag: str, storage_options: Mapping[str, str] | None = None
+) -> dict[str, int]:
+    """Restore every catalog table to its version tagged `tag`.
+
+    A restore writes a new version equal to the tagged one (history is kept, so a
+    rollback can itself be undone). Tables that did not exist at `tag` are left alone.
+
+    Raises:
+        KeyError: the embeddings table has no such tag.
+    """
+    tables = catalog_tables(db_uri, table, storage_options)
+    if tag not in tables[table].tags.list():
+        known = ", ".join(sorted(tables[table].tags.list())) or "none"
+        raise KeyError(f"no tag {tag!r} on table {table!r} (tags: {known})")
+    restored = {}
+    for name, t in tables.items():
+        if tag in t.tags.list():
+            t.restore(tag)
+            restored[name] = t.version
+        else:
+            logger.warning("table %s has no tag %s; left as is", name, tag)
+    logger.info("rolled back %s to %s: %s", table, tag, restored)
+    return restored
