@@ -195,7 +195,12 @@ def build_config(args: argparse.Namespace, has_gpu: bool) -> RunConfig:
             decode_actors=args.decode_actors,
             embed_actors=args.embed_actors,
             embed_gpus=gpus,
-            embed_cpus=1.0 if gpus else 0.5,
+            # On CPU the encoder takes its share of the cores from the OS scheduler: a
+            # reservation (even 0.5) would leave one decode actor fewer on a small node.
+            embed_cpus=1.0 if gpus else 0.0,
+            # 16 videos per decode task on CPU: a quarter of the per-task overhead of 4
+            # (benchmarks/pipeline_throughput.py); GPU nodes keep 4 for evenness.
+            decode_batch_videos=4 if gpus else 16,
             embed_batch_clips=args.batch_size or (128 if gpus else 16),
         ),
         chunk_rows=args.chunk_rows,

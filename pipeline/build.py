@@ -7,6 +7,7 @@ and batch sizes. Stages themselves are plain callable classes that know nothing 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -61,6 +62,29 @@ class ResourceConfig:
         return max(1, int(spare // self.decode_cpus))
 
 
+#: Upper bound on manifest blocks: each costs a Ray Data task and a small object; past
+#: it, blocks grow by whole decode batches (1M videos in blocks of 4 would be 250k tasks).
+MAX_SOURCE_BLOCKS = 4096
+
+
+def source_block_rows(num_rows: int, batch: int) -> int:
+    """Rows per manifest block: one decode batch, or a multiple for huge manifests.
+
+    A map task takes one whole block, so a manifest in one block would be decoded by one
+    actor in one task; blocks of one decode batch spread the work over every decode actor
+    and let the embed stage start as soon as the first batch is decoded.
+    """
+    return batch * max(1, math.ceil(num_rows / (batch * MAX_SOURCE_BLOCKS)))
+
+
+def _manifest_blocks(table: pa.Table, batch: int) -> ray.data.Dataset:
+    """An in-memory manifest table (tests, small runs) as a dataset of decode-batch blocks."""
+    rows = source_block_rows(table.num_rows, batch)
+    blocks = [table.slice(i, rows) for i in range(0, table.num_rows, rows)]
+    # from_blocks computes block metadata here; from_arrow runs a remote task per block.
+    return ray.data.from_blocks(blocks or [table])
+
+
 def build_dataset(
     source: ray.data.Dataset | pa.Table,
     decode: DecodeConfig,
@@ -73,7 +97,13 @@ def build_dataset(
 
     The result streams one row per clip (status ok) or per failed video, without frames.
     """
-    ds = source if isinstance(source, ray.data.Dataset) else ray.data.from_arrow(source)
+    # The refresh plan already puts rows in the object store in blocks (source_block_rows);
+    # an in-memory table is split here.
+    ds = (
+        source
+        if isinstance(source, ray.data.Dataset)
+        else _manifest_blocks(source, resources.decode_batch_videos)
+    )
     n_decode = resources.resolved_decode_actors()
     logger.info(
         "graph: %d decode actors x %.1f CPU, %d embed actors x %.2f GPU, batch %d clips",

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import schema
-from .build import ResourceConfig, build_dataset
+from .build import ResourceConfig, build_dataset, source_block_rows
 from .decode import DecodeConfig, S3Config, content_version_of
 from .embed import EmbedConfig, signature
 from .lifecycle import MaintenanceConfig, maintain
@@ -238,6 +238,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             mode=cfg.mode,
             prune=cfg.prune,
             version_of=_version_resolver(decode),
+            block_rows=source_block_rows(info.num_rows, cfg.resources.decode_batch_videos),
         )
         logger.info("plan: %s", plan.summary())
         progress = _Progress(total=plan.to_embed, every=cfg.progress_seconds)
@@ -262,8 +263,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     maintenance: dict[str, Any] | None = None
     if cfg.maintenance is not None:
         try:
-            maintenance = maintain(cfg.db, cfg.table, storage_options=sink_cfg.storage_options,
-                                   config=cfg.maintenance)
+            maintenance = maintain(
+                cfg.db, cfg.table, storage_options=sink_cfg.storage_options, config=cfg.maintenance
+            )
             table_version = maintenance["versions"][cfg.table]
         except Exception as exc:  # the data is committed; the run still reports the failure
             logger.exception("post-run maintenance failed")
