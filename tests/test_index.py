@@ -126,6 +126,10 @@ def test_config_partitions_and_validation():
         IndexConfig(refine_factor=0)
     with pytest.raises(ValueError):
         IndexConfig(nprobes=0)
+    # Without a re-rank a quantized index's `_distance` is not a cosine distance.
+    with pytest.raises(ValueError, match="refine_factor"):
+        IndexConfig(refine_factor=None)
+    assert IndexConfig(index_type="IVF_FLAT", refine_factor=None).refine_factor is None
 
 
 def test_small_table_is_searched_exactly(table, centres):
@@ -235,16 +239,30 @@ def test_update_index_folds_appended_rows_in(table, centres):
         assert top[SCORE][0].as_py() == pytest.approx(1.0, abs=1e-5)
 
 
-def test_update_index_retrains_after_growth(table, centres):
+@pytest.mark.parametrize(
+    ("extra", "partitions"),
+    [(ROWS + 1000, 5), (3000, 4)],  # grown past 2x the trained rows; backlog > 50%
+    ids=["growth", "backlog"],
+)
+def test_update_index_retrains(table, centres, extra, partitions):
     tbl, _, _ = table
     build_index(tbl, TINY)
-    more, labels = clustered(centres, ROWS + 1000, seed=31)
+    more, labels = clustered(centres, extra, seed=31)
     tbl.add(rows(more, labels, first=ROWS))
     report = update_index(tbl, TINY)
     assert report["action"] == "retrain"
-    assert report["vector_index"]["params"]["num_partitions"] == 5
+    assert report["vector_index"]["params"]["num_partitions"] == partitions
     stats = tbl.index_stats(VECTOR_INDEX_NAME)
-    assert (stats.num_indexed_rows, stats.num_unindexed_rows) == (2 * ROWS + 1000, 0)
+    assert (stats.num_indexed_rows, stats.num_unindexed_rows) == (ROWS + extra, 0)
+
+
+def test_build_index_keeps_existing_indices_without_replace(table):
+    tbl, _, _ = table
+    first = build_index(tbl, TINY)
+    assert first["vector_index"] is not None and len(first["scalar_indices"]) == 2
+    again = build_index(tbl, TINY, replace=False)
+    assert again["vector_index"] is None and again["scalar_indices"] == []
+    assert has_vector_index(tbl)
 
 
 def test_update_index_builds_first_index_once_big_enough(tmp_path, centres):
