@@ -19,6 +19,7 @@ def pytest_collection_modifyitems(config, items):
         config.hook.pytest_deselected(items=gpu)
         items[:] = [item for item in items if not item.get_closest_marker("gpu")]
 
+
 #: Dummy credentials and no instance-metadata lookups: nothing may leave loopback.
 _AWS_TEST_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
