@@ -1,0 +1,334 @@
+"""Whole-job throughput on CPUs: `pipeline.runner.run` vs a plain process pool decoding.
+
+The baseline is the least a job could cost: a `multiprocessing` pool with one process per
+core running the decode child's own function (:func:`pipeline._decode_worker.decode_path`,
+same probe, sampling and resize, torch single-threaded) on every video, pool already warm,
+frames dropped. The job is everything else too: validation and refresh plan, Ray Data
+decode actors (each with its isolated decoder process), frames through the object store,
+the embed actor (tiny random model on CPU), the driver's reassembly and LanceDB commits.
+Ray is started before the job is timed (production submits to a running cluster); its start
+is reported apart. The job's resources come from `jobs/embed_catalog.py`'s CPU defaults.
+
+    python benchmarks/pipeline_throughput.py                       # 600 clips, 3 repeats
+    python benchmarks/pipeline_throughput.py --clips 80 --repeats 1
+
+Baseline and job alternate repeat by repeat, so a change in load hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jobs.embed_catalog import build_config, parse_args
+from pipeline.sample_catalog import make_sample_catalog
+
+#: Ray's per-node setting, read from the environment when `ray.init` starts the raylet.
+NICENESS_ENV = "RAY_worker_niceness"
+_PARAMS: dict = {}
+
+
+def _init_worker(params: dict, niceness: int) -> None:
+    import torch
+
+    os.nice(niceness)
+    torch.set_num_threads(1)  # as the decode child does
+    _PARAMS.update(params)
+
+
+def _fetch_and_decode(job: tuple[str, tuple[str, ...], str]) -> int:
+    """What the isolated decoder does for a local file, in-process: resolve + stat, then
+    probe, decode, sample and resize. Returns the clip count (frames stay here)."""
+    from pipeline._decode_worker import decode_path
+    from pipeline.uris import resolve_uri
+
+    uri, roots, base_dir = job
+    path = resolve_uri(uri, roots, base_dir).path
+    os.stat(path)
+    header, frames = decode_path(path, _PARAMS)
+    assert header["status"] == "ok", header
+    return int(frames.shape[0])
+
+
+def _process_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return "?"
+    words = [a.decode(errors="replace") for a in argv if a]
+    if pid == os.getpid():
+        return "driver"
+    if words and words[0].startswith("ray::"):
+        return words[0]
+    for word in words:
+        if word.startswith("pipeline.") or word.endswith((".py", "raylet", "gcs_server")):
+            return os.path.basename(word)
+    return os.path.basename(words[0]) if words else "?"
+
+
+_PROVISIONAL = ("ray::IDLE", "default_worker.py", "setup_worker.py", "?")
+
+
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """pid → (parent pid, CPU seconds of the process itself: utime + stime)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        table[int(name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return table
+
+
+class TreeCpu:
+    """CPU seconds used by `roots` and their descendants (by default this process: the
+    driver, Ray's daemons, workers and their decode children) while the context is open.
+
+    Sampled every `interval` s by a thread, per process, so CPU of processes that exit
+    before the end (actors, decode children) still counts up to their last sample; the
+    sampler's own CPU is subtracted.
+    """
+
+    def __init__(self, roots: tuple[int, ...] = (), interval: float = 0.25) -> None:
+        self.roots, self.interval = roots or (os.getpid(),), interval
+        self.seconds = 0.0
+        self._stop = threading.Event()
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._names: dict[int, str] = {}
+        self._own = 0.0
+
+    def _sample(self) -> None:
+        table = _proc_table()
+        keep, stack = set(), [p for p in self.roots if p in table]
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in table.items():
+            children.setdefault(ppid, []).append(pid)
+        while stack:
+            pid = stack.pop()
+            keep.add(pid)
+            stack.extend(children.get(pid, ()))
+        for pid in keep:
+            cpu = table[pid][1]
+            if pid not in self._first:  # started within the window
+                self._first[pid] = 0.0
+            if self._names.get(pid, "ray::IDLE") in _PROVISIONAL:  # a worker not yet named
+                self._names[pid] = _process_name(pid)
+            self._last[pid] = cpu
+
+    def _run(self) -> None:
+        started = time.thread_time()
+        while not self._stop.wait(self.interval):
+            self._sample()
+        self._own = time.thread_time() - started
+
+    def __enter__(self) -> TreeCpu:
+        self._sample()
+        self._first = dict(self._last)  # processes alive at the start count from here
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        used = sum(self._last[p] - self._first.get(p, 0.0) for p in self._last)
+        self.seconds = used - self._own
+
+    def by_process(self) -> dict[str, float]:
+        """CPU seconds per kind of process (Ray worker class, daemon, decode child)."""
+        out: dict[str, float] = {}
+        for pid, last in self._last.items():
+            name = self._names.get(pid, "?")
+            out[name] = out.get(name, 0.0) + last - self._first.get(pid, 0.0)
+        out[self._names.get(os.getpid(), "?")] = (
+            out.get(self._names.get(os.getpid(), "?"), 0) - self._own
+        )
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def catalog(workdir: str, clips: int, width: int, height: int, seconds: float) -> str:
+    """The sample catalog's manifest, generated once per setting into `workdir`."""
+    root = os.path.join(workdir, f"catalog-{clips}-{width}x{height}-{seconds:g}s")
+    manifest = os.path.join(root, "manifest.parquet")
+    if not os.path.exists(manifest):
+        print(f"generating {clips} clips into {root} ...", flush=True)
+        started = time.perf_counter()
+        make_sample_catalog(root, clips, seconds=seconds, width=width, height=height)
+        print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
+    return manifest
+
+
+def head_manifest(manifest: str, rows: int) -> str:
+    """A manifest of the first `rows` videos, beside the full one (same video files)."""
+    path = os.path.join(os.path.dirname(manifest), f"manifest-head{rows}.parquet")
+    pq.write_table(pq.read_table(manifest).slice(0, rows), path)
+    return path
+
+
+def job_config(manifest: str, db: str):
+    argv = ["--manifest", manifest, "--db", db, "--model", "tiny-random", "--no-maintenance"]
+    return build_config(parse_args(argv), has_gpu=False)
+
+
+def baseline(manifest: str, params: dict, processes: int, niceness: int) -> dict:
+    """Fetch+decode every video of `manifest` on a fresh pool (`cold`: from its creation,
+    imports included), then again on the same pool (`warm`, with its CPU seconds)."""
+    uris = pq.read_table(manifest, columns=["uri"])["uri"].to_pylist()
+    base = os.path.dirname(manifest)
+    jobs = [(uri, (base,), base) for uri in uris]
+    spawn = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+    started = time.perf_counter()
+    with spawn.Pool(processes, initializer=_init_worker, initargs=(params, niceness)) as pool:
+        clips = sum(pool.imap_unordered(_fetch_and_decode, jobs, chunksize=4))
+        cold = time.perf_counter() - started
+        with TreeCpu(roots=tuple(p.pid for p in pool._pool)) as cpu:
+            started = time.perf_counter()
+            sum(pool.imap_unordered(_fetch_and_decode, jobs, chunksize=4))
+            warm = time.perf_counter() - started
+    return {"cold": cold, "wall": warm, "cpu": cpu.seconds, "videos": len(uris), "clips": clips}
+
+
+def time_job(manifest: str, workdir: str, tag: str) -> dict:
+    """`run()` into a fresh LanceDB directory: its report, wall and CPU seconds (all
+    processes: driver, Ray's daemons, actors and decode children) and CPU per process."""
+    from pipeline.runner import run
+
+    db = tempfile.mkdtemp(prefix=f"db-{tag}-", dir=workdir)
+    cfg = job_config(manifest, db)
+    with TreeCpu() as cpu:
+        started = time.perf_counter()
+        report = run(cfg)
+        wall = time.perf_counter() - started
+    assert report["counts"]["failed"] == 0, report["counts"]
+    return {"wall": wall, "cpu": cpu.seconds, "report": report, "by_process": cpu.by_process()}
+
+
+def med(values: list[float], fmt: str = ".1f") -> str:
+    """Median [min-max]."""
+    return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
+
+
+def cpu_profile(by_process: dict[str, float], videos: int) -> str:
+    """CPU ms per video by kind of process, largest first."""
+    groups = {
+        "decode children": ("pipeline._decode_worker",),
+        "decode actors": ("MapBatches(DecodeStage)",),
+        "embed actor": ("MapBatches(EmbedStage)",),
+        "driver": ("driver",),
+    }
+    out = dict.fromkeys([*groups, "Ray daemons and other"], 0.0)
+    for name, seconds in by_process.items():
+        group = next((g for g, keys in groups.items() if any(k in name for k in keys)), None)
+        out[group or "Ray daemons and other"] += seconds
+    return ", ".join(f"{g} {s / videos * 1e3:.1f}" for g, s in out.items())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=600)
+    parser.add_argument("--size", default="320x240", help="WIDTHxHEIGHT of the clips")
+    parser.add_argument("--seconds", type=float, default=1.0, help="length of each clip")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--small", type=int, default=80, help="start-up case: this many clips")
+    parser.add_argument("--cpus", type=int, default=2, help="Ray CPUs and baseline processes")
+    parser.add_argument(
+        "--niceness",
+        type=int,
+        default=0,
+        help="of Ray workers (RAY_worker_niceness; Ray's default is 15) and of the baseline "
+        "pool alike, so that other load on the machine slows both the same way",
+    )
+    parser.add_argument("--workdir", default=None, help="keeps the clips between runs")
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    workdir = args.workdir or tempfile.mkdtemp(prefix="vidcat-pipeline-bench-")
+    os.makedirs(workdir, exist_ok=True)
+    manifest = catalog(workdir, args.clips, width, height, args.seconds)
+    small = head_manifest(manifest, min(args.small, args.clips))
+    params = job_config(manifest, workdir).decode.worker_params()
+    niceness = int(os.environ.setdefault(NICENESS_ENV, str(args.niceness)))
+
+    import ray
+
+    started = time.perf_counter()
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    init_s = time.perf_counter() - started
+    results: dict[str, list[tuple[dict, dict]]] = {"full": [], "small": []}
+    try:
+        for i in range(args.repeats):
+            for case, path in (("full", manifest), ("small", small)):
+                base = baseline(path, params, args.cpus, niceness)
+                job = time_job(path, workdir, f"{case}{i}")
+                assert job["report"]["counts"]["clips_embedded"] == base["clips"]
+                results[case].append((base, job))
+                n, sec = base["videos"], job["report"]["seconds"]
+                print(
+                    f"{case} #{i}: {n} videos: baseline {base['wall']:.2f} s warm, "
+                    f"{base['cold']:.2f} s cold; job {job['wall']:.2f} s; "
+                    f"ratio {base['wall'] / job['wall']:.2f}; in stages: decode "
+                    f"{sec['decode']:.1f} s, embed {sec['embed']:.1f} s, commit "
+                    f"{sec['commit']:.2f} s; job CPU ms/video: "
+                    f"{cpu_profile(job['by_process'], n)}",
+                    flush=True,
+                )
+    finally:
+        ray.shutdown()
+
+    resources = dataclasses.asdict(job_config(manifest, workdir).resources)
+    print()
+    print(f"## Pipeline throughput ({os.cpu_count()} cores, Ray num_cpus={args.cpus})")
+    print()
+    print(f"clips {args.size}, {args.seconds:g} s, h264 (sample catalog); job {resources};")
+    print(f"Ray worker and baseline niceness {niceness}; ray.init {init_s:.2f} s.")
+    print()
+    print(
+        "| clips | baseline videos/s (warm / cold pool) | job videos/s | job/baseline "
+        "| job/cold baseline | job incl. ray.init/baseline | CPU ms/video baseline / job "
+        "| CPU ratio |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for runs in results.values():
+        n = runs[0][0]["videos"]
+        bw, bc = [b["wall"] for b, _ in runs], [b["cold"] for b, _ in runs]
+        jw = [j["wall"] for _, j in runs]
+        print(
+            f"| {n} | {med([n / w for w in bw])} / {med([n / w for w in bc])} "
+            f"| {med([n / w for w in jw])} "
+            f"| {med([b / j for b, j in zip(bw, jw, strict=True)], '.2f')} "
+            f"| {med([b / j for b, j in zip(bc, jw, strict=True)], '.2f')} "
+            f"| {med([b / (j + init_s) for b, j in zip(bw, jw, strict=True)], '.2f')} "
+            f"| {med([b['cpu'] / n * 1e3 for b, _ in runs])} / "
+            f"{med([j['cpu'] / n * 1e3 for _, j in runs])} "
+            f"| {med([b['cpu'] / j['cpu'] for b, j in runs], '.2f')} |"
+        )
+    print()
+    print(
+        "median [min-max] over repeats; a ratio pairs a baseline with the job run right after "
+        "it. CPU: every process of each side, sampled from /proc (job: driver, Ray daemons, "
+        "actors, decode children)."
+    )
+    print(f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,450 @@
+"""Vector-query latency and recall@10 of the embeddings table: exact scan vs the ANN index.
+
+Builds a synthetic catalog table (the real `embeddings_schema` plus `category` and
+`duration_s` metadata) of clustered unit 512-d vectors, indexes it with
+`pipeline.index.build_index`, and times k=10 queries through `pipeline.index.vector_search`
+with and without a `where` prefilter. Recall@10 is measured against numpy brute force.
+
+Synthetic data (why it looks like this): uniformly random 512-d vectors have no
+neighbour structure and defeat every ANN index, while copies of stored vectors make
+recall trivial. Real embeddings sit on low-dimensional manifolds around semantic
+clusters, so each vector here is
+
+    x = normalize(c + local * (z @ U_c) + iso * g / sqrt(512))
+
+with `c` one of `--clusters` unit centres (which themselves lean towards one of
+clusters/40 "topic" directions with weight 0.85, so neighbouring clusters overlap),
+`U_c` a random 16-dimensional subspace per cluster, `z ~ N(0, I/16)` and `g ~ N(0, I)`.
+With the defaults (local 1.0, iso 0.7) a vector's cosine to its own centre is ~0.64 while
+a centre's cosine to its nearest other centre is ~0.75 (so IVF partitions cut through
+clusters), two vectors of one cluster are ~0.4 apart in cosine, a query's 1st/10th
+neighbour ~0.68/0.61, and the gap between its 9th and 10th neighbour ~0.004: neighbours
+are genuinely close but ordered by detail that quantization can swap. Queries are fresh
+draws from the same process (a random cluster, new z and g), never copies of stored rows.
+Cluster sizes are log-normal, rows come in videos of 4-12 clips from one cluster, and
+`category` (12 values, 'sports' ~8% of rows) is drawn per video independently of the
+cluster. The run prints these statistics; `--intrinsic-dim 64` gives a harder variant.
+
+Timing: every case first answers `--warmup` unrelated queries (index pages in cache, as in
+a serving process), then each query is timed end to end in Python (builder, execution,
+Arrow result, score column). Cases take turns query by query, so load from other
+processes on the shared CPU hits them alike. Exact search is timed on the first
+`--exact-queries` queries only, because at 1M rows it takes seconds per query.
+
+Usage:
+    python benchmarks/query_latency.py                 # 1M rows, ~5 minutes on 2 cores
+    python benchmarks/query_latency.py --rows 20000 --clusters 40   # quick run, seconds
+    python benchmarks/query_latency.py --db /tmp/qbench --reuse --nprobes 4 8 --refine 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline import schema
+from pipeline.index import IndexConfig, build_index, has_vector_index, vector_search
+
+TABLE = "clips"
+CATEGORY = "category"
+DURATION_S = "duration_s"
+CATEGORIES = (
+    "sports", "news", "music", "gaming", "cooking", "travel",
+    "education", "comedy", "science", "animals", "fashion", "vlog",
+)  # fmt: skip
+FILTER = f"{CATEGORY} = 'sports'"
+K = 10
+
+#: A search under test: (query vector [512], k, where or None) -> result with `clip_id`.
+SearchFn = Callable[[np.ndarray, int, str | None], pa.Table]
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Parameters of the synthetic catalog (see the module docstring)."""
+
+    rows: int = 1_000_000
+    clusters: int = 2000
+    intrinsic_dim: int = 16
+    local_spread: float = 1.0
+    iso_spread: float = 0.7
+    topic_weight: float = 0.85
+    seed: int = 0
+
+
+@dataclass
+class Synthetic:
+    """Generated vectors and what is needed to draw queries from the same distribution."""
+
+    vectors: np.ndarray  # [N, 512] float32, unit rows
+    video: np.ndarray  # [N] int64 video ordinal
+    clip_index: np.ndarray  # [N] int32
+    video_category: np.ndarray  # [V] category ordinal
+    centres: np.ndarray  # [C, 512]
+    bases: np.ndarray  # [C, r, 512]
+    weights: np.ndarray  # [C]
+    cluster: np.ndarray  # [N] cluster of each row
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def make_synthetic(spec: SyntheticSpec) -> Synthetic:
+    """Draw `spec.rows` clustered unit vectors grouped into videos."""
+    rng = np.random.default_rng(spec.seed)
+    d, r = schema.EMBED_DIM, spec.intrinsic_dim
+    topics = _normalize(rng.standard_normal((max(1, spec.clusters // 40), d), dtype=np.float32))
+    own = _normalize(rng.standard_normal((spec.clusters, d), dtype=np.float32))
+    lean = topics[rng.integers(0, len(topics), spec.clusters)]
+    w = spec.topic_weight
+    centres = _normalize(w * lean + np.sqrt(1 - w * w) * own)
+    bases = rng.standard_normal((spec.clusters, r, d), dtype=np.float32) / np.sqrt(d)
+    weights = rng.lognormal(0.0, 0.5, spec.clusters)
+    weights /= weights.sum()
+
+    clips = rng.integers(4, 13, spec.rows // 4 + 1)  # more videos than needed
+    num_videos = int(np.searchsorted(np.cumsum(clips), spec.rows)) + 1
+    clips = clips[:num_videos]
+    video = np.repeat(np.arange(num_videos), clips)[: spec.rows]
+    starts = np.cumsum(clips) - clips
+    clip_index = (np.arange(spec.rows) - starts[video]).astype(np.int32)
+    video_cluster = rng.choice(spec.clusters, num_videos, p=weights)
+    video_category = rng.integers(0, len(CATEGORIES), num_videos)
+    cluster = video_cluster[video]
+
+    vectors = np.empty((spec.rows, d), dtype=np.float32)
+    order = np.argsort(cluster, kind="stable")
+    bounds = np.searchsorted(cluster[order], np.arange(spec.clusters + 1))
+    for c in range(spec.clusters):
+        rows = order[bounds[c] : bounds[c + 1]]
+        if len(rows):
+            vectors[rows] = _draw(centres[c], bases[c], len(rows), spec, rng)
+    _normalize(vectors)
+    return Synthetic(vectors, video, clip_index, video_category, centres, bases, weights, cluster)
+
+
+def _draw(centre, basis, n, spec: SyntheticSpec, rng) -> np.ndarray:
+    z = rng.standard_normal((n, spec.intrinsic_dim), dtype=np.float32)
+    g = rng.standard_normal((n, schema.EMBED_DIM), dtype=np.float32)
+    local = spec.local_spread / np.sqrt(spec.intrinsic_dim)
+    return centre + local * (z @ basis) + (spec.iso_spread / np.sqrt(schema.EMBED_DIM)) * g
+
+
+def make_queries(data: Synthetic, spec: SyntheticSpec, n: int, seed: int):
+    """`[n, 512]` fresh unit vectors, each around a cluster drawn by cluster weight, and
+    those clusters `[n]`."""
+    rng = np.random.default_rng([spec.seed, seed])
+    clusters = rng.choice(len(data.centres), n, p=data.weights)
+    queries = np.stack([_draw(data.centres[c], data.bases[c], 1, spec, rng)[0] for c in clusters])
+    return _normalize(queries.astype(np.float32)), clusters
+
+
+def describe(data: Synthetic, queries: np.ndarray, clusters: np.ndarray, truth: np.ndarray) -> str:
+    """Neighbour-structure statistics of the synthetic data, for the record."""
+    sample = np.random.default_rng(0).integers(0, len(data.vectors), 10_000)
+    to_centre = np.einsum("nd,nd->n", data.vectors[sample], data.centres[data.cluster[sample]])
+    gram = data.centres @ data.centres.T
+    np.fill_diagonal(gram, -1.0)
+    sims = np.einsum("qd,qkd->qk", queries, data.vectors[truth])
+    own = np.mean(data.cluster[truth] == clusters[:, None])
+    return (
+        f"cos(row, its centre)={to_centre.mean():.2f}  cos(centre, nearest centre)="
+        f"{gram.max(axis=1).mean():.2f}  query top1={sims[:, 0].mean():.3f} "
+        f"top10={sims[:, -1].mean():.3f} gap(9th-10th)={np.mean(sims[:, -2] - sims[:, -1]):.4f}"
+        f"  top10 in query's cluster={own:.2f}"
+    )
+
+
+def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int, rows=None) -> np.ndarray:
+    """Row indices `[Q, k]` of the k most cosine-similar vectors, best first (numpy)."""
+    rows = np.arange(len(vectors)) if rows is None else rows
+    best_s = np.full((len(queries), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), 0), np.int64)
+    for start in range(0, len(rows), 100_000):
+        chunk = rows[start : start + 100_000]
+        sims = queries @ vectors[chunk].T
+        top = np.argpartition(-sims, min(k, len(chunk) - 1), axis=1)[:, :k]
+        best_s = np.concatenate([best_s, np.take_along_axis(sims, top, 1)], axis=1)
+        best_i = np.concatenate([best_i, chunk[top]], axis=1)
+        keep = np.argsort(-best_s, axis=1)[:, :k]
+        best_s = np.take_along_axis(best_s, keep, 1)
+        best_i = np.take_along_axis(best_i, keep, 1)
+    return best_i
+
+
+def clip_ids(data: Synthetic) -> np.ndarray:
+    return np.array(
+        [
+            schema.clip_id(f"v{v:08d}", int(i))
+            for v, i in zip(data.video, data.clip_index, strict=True)
+        ],
+        dtype=object,
+    )
+
+
+def catalog_batches(
+    data: Synthetic, ids: np.ndarray, batch: int = 100_000
+) -> Iterator[pa.RecordBatch]:
+    """The synthetic rows in `embeddings_schema` order, plus category and duration."""
+    rng = np.random.default_rng(1)
+    video_duration = rng.uniform(10.0, 600.0, len(data.video_category))
+    now = pa.scalar(datetime.now(UTC), pa.timestamp("us", tz="UTC"))
+    target = table_schema()
+    for start in range(0, len(data.vectors), batch):
+        sl = slice(start, start + batch)
+        n = len(data.vectors[sl])
+        video = data.video[sl]
+        clip = data.clip_index[sl]
+        video_ids = np.char.add("v", np.char.zfill(video.astype(str), 8))
+
+        def const(value: str, n: int = n) -> pa.Array:
+            return pa.array([value] * n, pa.string())
+
+        columns = {
+            schema.CLIP_ID: pa.array(ids[sl], pa.string()),
+            schema.VIDEO_ID: pa.array(video_ids, pa.string()),
+            schema.CLIP_INDEX: pa.array(clip, pa.int32()),
+            schema.CLIP_START_S: pa.array(clip * 4.0),
+            schema.CLIP_END_S: pa.array(clip * 4.0 + 4.0),
+            schema.URI: pa.array(np.char.add(np.char.add("s3://bench/", video_ids), ".mp4")),
+            schema.EMBEDDING: pa.FixedSizeListArray.from_arrays(
+                pa.array(data.vectors[sl].ravel()), schema.EMBED_DIM
+            ),
+            schema.MODEL: const("internvideo2-s2-1b"),
+            schema.SIGNATURE: const("bench"),
+            schema.NUM_FRAMES: pa.array(np.full(n, 8, np.int32)),
+            schema.FRAME_INDICES: pa.nulls(n, pa.list_(pa.int32())),
+            schema.DECODER: const("decord"),
+            schema.CONTENT_VERSION: const("1"),
+            schema.EMBEDDED_AT: pa.array([now.value] * n, pa.timestamp("us", tz="UTC")),
+            CATEGORY: pa.array(np.asarray(CATEGORIES)[data.video_category[video]]),
+            DURATION_S: pa.array(video_duration[video]),
+        }
+        yield pa.RecordBatch.from_pydict(columns, schema=target)
+
+
+def table_schema() -> pa.Schema:
+    return schema.embeddings_schema(
+        (pa.field(CATEGORY, pa.string()), pa.field(DURATION_S, pa.float64()))
+    )
+
+
+@dataclass
+class Result:
+    case: str
+    where: str | None
+    queries: int
+    p50_ms: float
+    p95_ms: float
+    recall: float
+
+
+def measure(
+    cases: dict[str, SearchFn],
+    queries: np.ndarray,
+    truth: np.ndarray,
+    ids: np.ndarray,
+    where: str | None,
+    warmup: np.ndarray,
+) -> list[Result]:
+    """Time every case on every query and score its recall@K against `truth` rows.
+
+    The cases take turns query by query, so load from other processes on the shared CPU
+    hits them alike and their ratios stay meaningful even when absolute numbers drift.
+    """
+    for vector in warmup:
+        for fn in cases.values():
+            fn(vector, K, where)
+    latencies = {case: [] for case in cases}
+    recalls = {case: [] for case in cases}
+    for vector, expected in zip(queries, truth, strict=True):
+        wanted = set(ids[expected[:K]])
+        for case, fn in cases.items():
+            start = time.perf_counter()
+            result = fn(vector, K, where)
+            latencies[case].append(time.perf_counter() - start)
+            found = set(result[schema.CLIP_ID].to_pylist())
+            recalls[case].append(len(found & wanted) / K)
+    results = []
+    for case in cases:
+        ms = np.asarray(latencies[case]) * 1000
+        p50, p95 = np.percentile(ms, [50, 95])
+        results.append(
+            Result(case, where, len(ms), float(p50), float(p95), float(np.mean(recalls[case])))
+        )
+    return results
+
+
+def search_cases(table, configs: Sequence[IndexConfig]) -> dict[str, SearchFn]:
+    """The searches to compare; plug further ones (e.g. `CatalogSearch`) in here."""
+    cases: dict[str, SearchFn] = {
+        "exact": lambda v, k, w: vector_search(table, v, k, w, exact=True)
+    }
+    for cfg in configs:
+        name = f"indexed nprobes={cfg.nprobes} ef={cfg.ef} refine={cfg.refine_factor}"
+        cases[name] = lambda v, k, w, cfg=cfg: vector_search(table, v, k, w, cfg)
+    return cases
+
+
+def print_table(results: list[Result]) -> None:
+    header = (
+        f"{'case':<42} {'filter':<20} {'queries':>7} {'p50 ms':>9} {'p95 ms':>9} {'recall@10':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(
+            f"{r.case:<42} {r.where or '-':<20} {r.queries:>7} {r.p50_ms:>9.2f} "
+            f"{r.p95_ms:>9.2f} {r.recall:>9.3f}"
+        )
+    for where in (None, FILTER):
+        exact = next((r for r in results if r.case == "exact" and r.where == where), None)
+        for r in results:
+            if exact and r.where == where and r.case != "exact":
+                ratio50, ratio95 = r.p50_ms / exact.p50_ms, r.p95_ms / exact.p95_ms
+                label = f"{r.case} / exact ({where or 'no filter'})"
+                print(f"{label}: p50 {ratio50:.4f}x, p95 {ratio95:.4f}x")
+
+
+def open_or_build(args, spec: SyntheticSpec, config: IndexConfig):
+    """Create (or with --reuse, reopen) the table and its indices; return what is needed."""
+    db_dir = Path(args.db or tempfile.mkdtemp(prefix="vidcat-qbench-"))
+    sidecar = db_dir / "synthetic.json"
+    saved = json.loads(sidecar.read_text()) if args.reuse and sidecar.exists() else {}
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    data = make_synthetic(spec)
+    ids = clip_ids(data)
+    timings["generate_s"] = time.perf_counter() - start
+    db = lancedb.connect(db_dir)
+    if saved.get("spec") == dataclasses.asdict(spec) and TABLE in db.list_tables().tables:
+        table = db.open_table(TABLE)
+    else:
+        start = time.perf_counter()
+        reader = pa.RecordBatchReader.from_batches(table_schema(), catalog_batches(data, ids))
+        table = db.create_table(TABLE, data=reader, mode="overwrite")
+        timings["write_s"] = time.perf_counter() - start
+        saved = {"spec": dataclasses.asdict(spec)}
+    search_only = ("nprobes", "ef", "refine_factor")
+    build_cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in search_only}
+    build_cfg = json.loads(json.dumps(build_cfg))
+    if saved.get("index") != build_cfg or not args.reuse:
+        report = build_index(table, config)
+        timings["index_s"] = (report["vector_index"] or {}).get("seconds", 0.0)
+        timings["scalar_index_s"] = sum(s["seconds"] for s in report["scalar_indices"])
+        print("build_index:", json.dumps(report, default=str))
+        saved["index"] = build_cfg
+    db_dir.mkdir(parents=True, exist_ok=True)
+    sidecar.write_text(json.dumps(saved))
+    return db_dir, table, data, ids, timings
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--clusters", type=int, default=2000)
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--exact-queries", type=int, default=20, help="exact search is slow")
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--db", help="database directory (default: a new temp dir, deleted after)")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reopen the table/index of an earlier run with the same --db, spec and config",
+    )
+    p.add_argument("--intrinsic-dim", type=int, default=SyntheticSpec.intrinsic_dim)
+    p.add_argument("--local-spread", type=float, default=SyntheticSpec.local_spread)
+    p.add_argument("--iso-spread", type=float, default=SyntheticSpec.iso_spread)
+    p.add_argument("--topic-weight", type=float, default=SyntheticSpec.topic_weight)
+    p.add_argument("--seed", type=int, default=0)
+    d = IndexConfig()
+    p.add_argument("--index-type", default=d.index_type)
+    p.add_argument("--rows-per-partition", type=int, default=d.rows_per_partition)
+    p.add_argument("--m", type=int, default=d.m)
+    p.add_argument("--ef-construction", type=int, default=d.ef_construction)
+    p.add_argument("--num-sub-vectors", type=int, default=d.num_sub_vectors)
+    p.add_argument("--min-rows-for-index", type=int, default=d.min_rows_for_index)
+    p.add_argument("--nprobes", type=int, nargs="+", default=[d.nprobes], help="grid")
+    p.add_argument("--ef", type=int, nargs="+", default=[d.ef or 0], help="grid; 0: unset")
+    p.add_argument(
+        "--refine", type=int, nargs="+", default=[d.refine_factor or 0], help="grid; 0: unset"
+    )
+    p.add_argument("--no-filter", action="store_true", help="skip the where-filtered runs")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    total = time.perf_counter()
+    spec = SyntheticSpec(
+        rows=args.rows, clusters=args.clusters, intrinsic_dim=args.intrinsic_dim,
+        local_spread=args.local_spread, iso_spread=args.iso_spread,
+        topic_weight=args.topic_weight, seed=args.seed,
+    )  # fmt: skip
+    config = IndexConfig(
+        index_type=args.index_type, rows_per_partition=args.rows_per_partition, m=args.m,
+        ef_construction=args.ef_construction, num_sub_vectors=args.num_sub_vectors,
+        min_rows_for_index=args.min_rows_for_index, bitmap_columns=(CATEGORY,),
+    )  # fmt: skip
+    db_dir, table, data, ids, timings = open_or_build(args, spec, config)
+    try:
+        queries, query_clusters = make_queries(data, spec, args.queries, seed=1)
+        warmup, _ = make_queries(data, spec, args.warmup, seed=2)
+        start = time.perf_counter()
+        truth = exact_topk(data.vectors, queries, K)
+        in_filter = np.flatnonzero(data.video_category[data.video] == CATEGORIES.index("sports"))
+        truth_filtered = exact_topk(data.vectors, queries, K, rows=in_filter)
+        timings["ground_truth_s"] = time.perf_counter() - start
+        print("data:", describe(data, queries, query_clusters, truth))
+
+        configs = []
+        for n, e, r in itertools.product(args.nprobes, args.ef, args.refine):
+            try:
+                configs.append(
+                    dataclasses.replace(config, nprobes=n, ef=e or None, refine_factor=r or None)
+                )
+            except ValueError as err:  # e.g. no re-rank on a quantized index
+                print(f"skipping nprobes={n} ef={e} refine={r}: {err}")
+        indexed = has_vector_index(table)
+        print(f"rows={table.count_rows()} vector_index={indexed} db={db_dir}")
+        cases = search_cases(table, configs if indexed else [])
+        exact = {"exact": cases.pop("exact")}
+        results = []
+        for where, expected in ((None, truth), (FILTER, truth_filtered)):
+            if where and args.no_filter:
+                continue
+            n = args.exact_queries
+            results += measure(exact, queries[:n], expected[:n], ids, where, warmup[:3])
+            if cases:
+                results += measure(cases, queries, expected, ids, where, warmup)
+        print_table(results)
+        timings["total_s"] = time.perf_counter() - total
+        print("timings:", {k: round(v, 1) for k, v in timings.items()})
+    finally:
+        if not args.db:
+            shutil.rmtree(db_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
