@@ -183,31 +183,10 @@ def test_hash_collisions_are_confirmed_exactly(tmp_path, monkeypatch):
     assert validate_manifest(write(tmp_path / "ok.parquet", rows(["a", "b", "c"]))).num_rows == 3
 
 
-@pytest.fixture(scope="module")
-def _moto_manifest():
-    """A moto S3 server on loopback with dummy credentials; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in env.items():
-            patch.setenv(name, value)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-        server.stop()
-
-
-def test_s3_prefix_of_several_files(_moto_manifest):
+def test_s3_prefix_of_several_files(s3_server):
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=_moto_manifest, region_name="us-east-1")
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
     s3.create_bucket(Bucket="catalog")
     for part, ids in enumerate([["a", "b"], ["c"], ["d", "e"]]):
         sink = pa.BufferOutputStream()
@@ -217,13 +196,13 @@ def test_s3_prefix_of_several_files(_moto_manifest):
         )
     s3.put_object(Bucket="catalog", Key="m/README", Body=b"not data")
 
-    info = validate_manifest("s3://catalog/m/", endpoint_url=_moto_manifest)
+    info = validate_manifest("s3://catalog/m/", endpoint_url=s3_server)
     assert info.paths == tuple(f"catalog/m/part-{i}.parquet" for i in range(3))
     assert info.num_rows == 5 and info.base_dir == "s3://catalog/m"
     assert sorted(pa.Table.from_batches(list(info.iter_batches()))["title"].to_pylist()) == list(
         "abcde"
     )
-    single = validate_manifest("s3://catalog/m/part-1.parquet", endpoint_url=_moto_manifest)
+    single = validate_manifest("s3://catalog/m/part-1.parquet", endpoint_url=s3_server)
     assert single.num_rows == 1 and single.base_dir == "s3://catalog/m"
     assert default_allowed_root("s3://catalog/m/") is None
 
@@ -231,6 +210,6 @@ def test_s3_prefix_of_several_files(_moto_manifest):
     pq.write_table(rows(["a"]), sink)
     s3.put_object(Bucket="catalog", Key="m/part-9.parquet", Body=sink.getvalue().to_pybytes())
     with pytest.raises(ManifestError, match=r"'a' at s3://catalog/m/part-0\.parquet row 0"):
-        validate_manifest("s3://catalog/m", endpoint_url=_moto_manifest)
+        validate_manifest("s3://catalog/m", endpoint_url=s3_server)
     with pytest.raises(ManifestError, match="not found"):
-        validate_manifest("s3://catalog/nothing/", endpoint_url=_moto_manifest)
+        validate_manifest("s3://catalog/nothing/", endpoint_url=s3_server)

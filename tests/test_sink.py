@@ -414,35 +414,14 @@ def test_storage_options_stay_out_of_repr():
     assert "hunter2" not in repr(config)
 
 
-@pytest.fixture(scope="module")
-def _moto_sink():
-    """A moto S3 server on loopback with dummy credentials; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in env.items():
-            patch.setenv(name, value)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-        server.stop()
-
-
-def test_sink_on_s3(_moto_sink):
+def test_sink_on_s3(s3_server):
     import boto3
 
-    boto3.client("s3", endpoint_url=_moto_sink, region_name="us-east-1").create_bucket(
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(
         Bucket="bucket"
     )
     options = {
-        "endpoint": _moto_sink,
+        "endpoint": s3_server,
         "allow_http": "true",
         "aws_access_key_id": "testing",
         "aws_secret_access_key": "testing",
