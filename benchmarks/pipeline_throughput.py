@@ -2,17 +2,25 @@
 
 The baseline is the least a job could cost: a `multiprocessing` pool with one process per
 core running the decode child's own function (:func:`pipeline._decode_worker.decode_path`,
-same probe, sampling and resize, torch single-threaded) on every video, pool already warm,
-frames dropped. The job is everything else too: validation and refresh plan, Ray Data
-decode actors (each with its isolated decoder process), frames through the object store,
-the embed actor (tiny random model on CPU), the driver's reassembly and LanceDB commits.
-Ray is started before the job is timed (production submits to a running cluster); its start
-is reported apart. The job's resources come from `jobs/embed_catalog.py`'s CPU defaults.
+same probe, sampling and resize, torch single-threaded) on every video, frames dropped;
+timed on a fresh pool ("cold", process start and imports included) and again on the same
+pool ("warm", the ratio's denominator). The job is everything else too: validation and
+refresh plan, Ray Data decode actors (each with its isolated decoder process), frames
+through the object store, the embed actor (tiny random model on CPU), the driver's
+reassembly and LanceDB commits. Ray is started before the job is timed (production submits
+to a running cluster); its start is reported apart. The job's resources are
+`jobs/embed_catalog.py`'s CPU defaults.
 
-    python benchmarks/pipeline_throughput.py                       # 600 clips, 3 repeats
+Besides wall time, the CPU seconds of every process of each side are summed from /proc
+(job: driver, Ray daemons, actors, decode children) and printed per kind of process: on a
+machine shared with other work, CPU per video is the steadier number, and when the job
+keeps every core busy the wall ratio cannot exceed the CPU ratio.
+
+    python benchmarks/pipeline_throughput.py --workdir ~/.cache/vidcat-bench   # 600 + 80 clips
     python benchmarks/pipeline_throughput.py --clips 80 --repeats 1
 
-Baseline and job alternate repeat by repeat, so a change in load hits both alike.
+Baseline and job alternate, so a change in load hits both alike; Ray workers run at the
+baseline's niceness (0 unless --niceness; Ray's own default is 15).
 """
 
 from __future__ import annotations
