@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+from procs import alive, descendants, wait_gone
 
 from jobs.embed_catalog import build_config, parse_args
 from pipeline import schema
@@ -128,38 +129,6 @@ def clean(ray_cluster, catalog, tmp_path_factory) -> Path:
 # ---- processes ----------------------------------------------------------------------------
 
 
-def _descendants(root: int) -> list[int]:
-    """PIDs below `root`, read from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _wait_gone(pids: list[int], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while (left := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return left
-
-
 def test_driver_sigkill_then_rerun_equals_a_clean_run(clean, catalog, tmp_path):
     db = tmp_path / "db"
     # Private temp dir (short: Ray's unix sockets live in it): the driver's local Ray
@@ -181,18 +150,18 @@ def test_driver_sigkill_then_rerun_equals_a_clean_run(clean, catalog, tmp_path):
             if driver.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"no commit to interrupt:\n{log.read_text()[-3000:]}")
             time.sleep(0.05)
-        tree = _descendants(driver.pid)
+        tree = descendants(driver.pid)
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(10)
         # Everything the driver started dies with its group (decoder children follow
         # their parent within a second).
-        left = _wait_gone(tree, 15)
+        left = wait_gone(tree, 15)
         assert not left, f"processes of the killed driver survive: {left}"
         assert committed < NUM_VIDEOS, "the run finished before the kill"
     finally:
         if driver is not None:
-            for pid in {*tree, *_descendants(driver.pid)}:
-                if _alive(pid):
+            for pid in {*tree, *descendants(driver.pid)}:
+                if alive(pid):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
             if driver.poll() is None:
@@ -242,10 +211,10 @@ def test_killed_worker_actor_is_restarted_and_the_table_is_complete(
         decode = _actor_pid("MapWorker(MapBatches(DecodeStage))")
         # The decode actor starts its decoder process for its first video: from then on
         # the run is mid-stream (and a killed decode actor is mid-batch).
-        if decode and _descendants(decode[1]):
+        if decode and descendants(decode[1]):
             victim = _actor_pid(f"MapWorker(MapBatches({stage}))")
             if victim:
-                orphans = _descendants(victim[1])
+                orphans = descendants(victim[1])
                 os.kill(victim[1], signal.SIGKILL)
                 committed = _count(db)
         time.sleep(0.05)
@@ -256,7 +225,7 @@ def test_killed_worker_actor_is_restarted_and_the_table_is_complete(
     assert victim is not None, "the run finished before an actor could be killed"
     assert committed < NUM_VIDEOS, "the kill landed after the last commit"
     # The killed actor's own children (a decoder process) do not outlive it.
-    assert not _wait_gone(orphans, 10), "children of the killed actor survive"
+    assert not wait_gone(orphans, 10), "children of the killed actor survive"
 
     report = outcome["report"]
     assert report["exit_code"] == EXIT_OK

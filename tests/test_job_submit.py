@@ -27,6 +27,7 @@ import lancedb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from procs import descendants, wait_gone
 
 from pipeline import schema
 from pipeline.runner import EXIT_INVALID_INPUT, EXIT_OK
@@ -48,48 +49,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _descendants(root: int) -> list[int]:
-    """PIDs below `root` (from /proc), so that processes which left its process group
-    (a job's driver runs in a session of its own) are ended too."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _kill_tree(proc: subprocess.Popen, timeout: float = 20.0) -> list[int]:
     """SIGKILL `proc`'s process group and every descendant; returns survivors (none)."""
-    pids = [proc.pid, *_descendants(proc.pid)]
+    pids = [proc.pid, *descendants(proc.pid)]
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # start_new_session: its pgid is its pid
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     proc.wait(timeout)
-    deadline = time.monotonic() + timeout
-    while (left := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return left
+    return wait_gone(pids, timeout)
 
 
 class Head:
