@@ -9,7 +9,6 @@ job forces a full rebuild, e.g. after changing `IndexConfig` or loading a big ba
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -31,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         "--index-type",
         choices=["IVF_HNSW_SQ", "IVF_PQ", "IVF_SQ", "IVF_FLAT"],
         default=IndexConfig.index_type,
-        help="the project's tuned default",
+        help="default: the project's choice; each type gets its tuned partition size and "
+        "search parameters, and searches and retrains follow the type the table has",
     )
     p.add_argument(
         "--min-rows",
@@ -47,9 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     options = S3Config(args.s3_endpoint_url, args.s3_region).storage_options() or None
-    config = dataclasses.replace(
-        IndexConfig(), index_type=args.index_type, min_rows_for_index=args.min_rows
-    )
+    config = IndexConfig.preset(args.index_type, min_rows_for_index=args.min_rows)
     try:
         table = open_table(args.db, args.table, options)
     except FileNotFoundError as exc:

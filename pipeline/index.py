@@ -149,6 +149,17 @@ class IndexConfig:
         if self.retrain_growth <= 1 or self.retrain_backlog <= 0:
             raise ValueError("retrain_growth must be > 1 and retrain_backlog > 0")
 
+    @classmethod
+    def preset(cls, index_type: IndexType, **overrides: Any) -> IndexConfig:
+        """The tuned build and search parameters for `index_type` (see the tuning log).
+
+        Search parameters only fit the partition size they were tuned with, so switching the
+        index type goes through here rather than `dataclasses.replace(index_type=...)`.
+        """
+        if index_type not in _PRESETS:
+            raise ValueError(f"index_type must be one of {IndexType.__args__}")
+        return cls(**{"index_type": index_type, **_PRESETS[index_type], **overrides})
+
     def num_partitions(self, num_rows: int) -> int:
         """IVF partition count for a table of `num_rows` rows."""
         wanted = math.ceil(num_rows / self.rows_per_partition)
@@ -168,6 +179,44 @@ class IndexConfig:
         if self.index_type == "IVF_SQ":
             return IvfSq(**common)
         return IvfFlat(**common)
+
+
+#: Tuned per index type on 1M clustered vectors (`benchmarks/query_latency_tuning.md`):
+#: recall@10 >= 0.99 unfiltered and under an 8% filter, p50 within a few ms of each other.
+_PRESETS: dict[str, dict[str, Any]] = {
+    "IVF_SQ": {"rows_per_partition": 4096, "nprobes": 6, "ef": None, "refine_factor": 2},
+    # Each partition is one HNSW graph: big partitions, few probes, a wider beam.
+    "IVF_HNSW_SQ": {"rows_per_partition": 16384, "nprobes": 2, "ef": 100, "refine_factor": 2},
+    # 8-dim PQ codes rank near-ties poorly: recall 0.6-0.7 without a 10x exact re-rank.
+    "IVF_PQ": {"rows_per_partition": 1024, "nprobes": 20, "ef": None, "refine_factor": 10},
+    "IVF_FLAT": {"rows_per_partition": 1024, "nprobes": 5, "ef": None, "refine_factor": None},
+}
+
+
+def vector_index_type(table: lancedb.table.Table) -> str | None:
+    """Type of the vector index on the embedding column (`IVF_SQ`, ...), None without one."""
+    if not has_vector_index(table):
+        return None
+    return table.index_stats(VECTOR_INDEX_NAME).index_type
+
+
+def config_for_table(
+    table: lancedb.table.Table, default: IndexConfig = IndexConfig()
+) -> IndexConfig:
+    """Search parameters for the index the table actually has.
+
+    `default` when the table has no vector index or one of `default`'s type; otherwise the
+    tuned preset of the type found (an index built by `jobs/build_index.py --index-type`),
+    so probes and beam widths always match the index they are used on.
+    """
+    found = vector_index_type(table)
+    if found is None or found == default.index_type:
+        return default
+    if found not in _PRESETS:
+        logger.warning("index type %s has no tuned preset: searching with the default", found)
+        return default
+    keep = ("min_rows_for_index", "btree_columns", "bitmap_columns", "retrain_growth")
+    return IndexConfig.preset(found, **{name: getattr(default, name) for name in keep})
 
 
 def has_vector_index(table: lancedb.table.Table) -> bool:
@@ -251,6 +300,9 @@ def update_index(table: lancedb.table.Table, config: IndexConfig = IndexConfig()
             return {"action": "build", **build_index(table, config)}
         table.optimize()
         return {"action": "optimize", "rows": num_rows}
+    if stats.index_type != config.index_type and stats.index_type in _PRESETS:
+        # An operator chose another type with build_index.py: retrain keeps their choice.
+        config = config_for_table(table, config)
     trained = _trained_rows(table) or stats.num_indexed_rows
     grown = num_rows > config.retrain_growth * trained
     backlog = stats.num_unindexed_rows > config.retrain_backlog * stats.num_indexed_rows

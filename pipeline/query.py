@@ -43,7 +43,7 @@ from models.internvideo2.tokenizer import write_vocab as _write_vocab
 from . import schema
 from .decode import DecodeConfig, IsolatedDecoder, S3Config
 from .embed import INTERNVIDEO2_1B, TINY_RANDOM, EmbedConfig, EmbedStage, ModelSpec, encode_frames
-from .index import SCORE, IndexConfig, vector_search
+from .index import SCORE, IndexConfig, config_for_table, vector_search
 from .rerank import CANDIDATE_COLUMNS, RERANK_SCORE, TOKEN_SOURCES, RerankConfig, Reranker
 from .schema import Status
 from .sink import TableSchemaError, open_table
@@ -161,7 +161,8 @@ class CatalogSearch:
             dir); None: those of the latest pipeline run (:func:`decode_config_of_runs`),
             else the defaults.
         device: `auto`, `cpu` or `cuda` for a :class:`ModelSpec`.
-        index: ANN search parameters.
+        index: ANN search parameters; None: the tuned preset of the index type the table
+            has (`IndexConfig.preset`), looked up again when the table's version changes.
         rerank_tokens: vision-token source for re-ranking: `auto`, `stored`, `recompute`.
         read_consistency_interval: how stale a read may be; 0 sees every refresh at once.
     """
@@ -183,7 +184,8 @@ class CatalogSearch:
         if rerank_tokens not in TOKEN_SOURCES:
             raise QueryError(f"rerank_tokens must be one of {TOKEN_SOURCES}")
         self.db_uri, self.table_name = db_uri, table
-        self.model, self.index, self.device = model, index or IndexConfig(), device
+        self.model, self.device = model, device
+        self._index_arg, self._index_for = index, None
         self.rerank_tokens = rerank_tokens
         self._storage_options = dict(storage_options or {}) or None
         self._tokenizer_arg, self._tokenizer = tokenizer, None
@@ -317,6 +319,16 @@ class CatalogSearch:
             if len(rows)
             else None
         )
+
+    @property
+    def index(self) -> IndexConfig:
+        """Search parameters in use: `index=` if given, else those of the table's index."""
+        if self._index_arg is not None:
+            return self._index_arg
+        version = self.table.version
+        if self._index_for is None or self._index_for[0] != version:
+            self._index_for = (version, config_for_table(self.table))
+        return self._index_for[1]
 
     @property
     def decode(self) -> DecodeConfig:

@@ -16,8 +16,10 @@ from pipeline.index import (
     VECTOR_INDEX_NAME,
     IndexConfig,
     build_index,
+    config_for_table,
     has_vector_index,
     update_index,
+    vector_index_type,
     vector_query,
     vector_search,
 )
@@ -280,3 +282,46 @@ def test_vector_query_rejects_wrong_shape(table):
     tbl, _, _ = table
     with pytest.raises(ValueError, match="shape"):
         vector_search(tbl, np.zeros(EMBED_DIM + 1, np.float32), 10)
+
+
+def test_presets_fix_search_parameters_per_index_type():
+    assert IndexConfig() == IndexConfig.preset("IVF_SQ")
+    hnsw = IndexConfig.preset("IVF_HNSW_SQ", min_rows_for_index=10)
+    assert (hnsw.index_type, hnsw.rows_per_partition, hnsw.nprobes, hnsw.ef) == (
+        "IVF_HNSW_SQ",
+        16384,
+        2,
+        100,
+    )
+    assert hnsw.min_rows_for_index == 10
+    assert IndexConfig.preset("IVF_PQ").refine_factor == 10
+    assert IndexConfig.preset("IVF_FLAT").refine_factor is None
+    with pytest.raises(ValueError, match="index_type"):
+        IndexConfig.preset("IVF_MAGIC")
+
+
+def test_search_and_retrain_follow_the_index_type_the_table_has(table, centres):
+    """An operator's `build_index.py --index-type IVF_HNSW_SQ` is kept by searches (its
+    tuned probes and beam) and by the nightly retrain, which is called with the default."""
+    tbl, vectors, _ = table
+    assert vector_index_type(tbl) is None
+    assert config_for_table(tbl, TINY) is TINY
+    hnsw = IndexConfig.preset("IVF_HNSW_SQ", min_rows_for_index=1000, m=8, ef_construction=40)
+    build_index(tbl, hnsw)
+    assert vector_index_type(tbl) == "IVF_HNSW_SQ"
+    found = config_for_table(tbl, TINY)
+    assert (found.index_type, found.nprobes, found.ef, found.refine_factor) == (
+        "IVF_HNSW_SQ",
+        2,
+        100,
+        2,
+    )
+    assert found.bitmap_columns == TINY.bitmap_columns
+    top = vector_search(tbl, vectors[7], 1, config=found)
+    assert top[CLIP_ID][0].as_py() == "c000007"
+    more, labels = clustered(centres, ROWS + 500, seed=51)
+    tbl.add(rows(more, labels, first=ROWS))
+    report = update_index(tbl, TINY)  # grown past 2x: retrain, default config passed
+    assert report["action"] == "retrain"
+    assert report["vector_index"]["type"] == "IVF_HNSW_SQ"
+    assert vector_index_type(tbl) == "IVF_HNSW_SQ"

