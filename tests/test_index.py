@@ -47,6 +47,7 @@ TABLE_SCHEMA = embeddings_schema((pa.field("category", pa.string()),))
 CLUSTERS = 20
 #: Tiny build parameters so a 5,000-row index trains in about a second.
 TINY = IndexConfig(
+    index_type="IVF_SQ",
     min_rows_for_index=1000,
     rows_per_partition=2500,
     m=8,
@@ -285,7 +286,7 @@ def test_vector_query_rejects_wrong_shape(table):
 
 
 def test_presets_fix_search_parameters_per_index_type():
-    assert IndexConfig() == IndexConfig.preset("IVF_SQ")
+    assert IndexConfig() == IndexConfig.preset("IVF_HNSW_SQ")
     hnsw = IndexConfig.preset("IVF_HNSW_SQ", min_rows_for_index=10)
     assert (hnsw.index_type, hnsw.rows_per_partition, hnsw.nprobes, hnsw.ef) == (
         "IVF_HNSW_SQ",

@@ -211,7 +211,7 @@ def test_searcher_sees_rows_committed_after_it_opened(tmp_path):
 
 
 def test_searcher_uses_the_presets_of_the_index_the_table_has(tmp_path):
-    """Searching an IVF_HNSW_SQ index with IVF_SQ's probes would cost recall: the searcher
+    """Searching an IVF_SQ index with IVF_HNSW_SQ's 2 probes would cost recall: the searcher
     picks the parameters of the index that is there, also one built after it opened."""
     db = str(tmp_path / "db")
     rng = np.random.default_rng(2)
@@ -222,8 +222,8 @@ def test_searcher_uses_the_presets_of_the_index_the_table_has(tmp_path):
     search = CatalogSearch(db)
     assert search.index == IndexConfig()
     other = lancedb.connect(db).open_table("videos")
-    build_index(other, IndexConfig.preset("IVF_HNSW_SQ", min_rows_for_index=100, m=8))
-    assert (search.index.index_type, search.index.ef) == ("IVF_HNSW_SQ", 100)
+    build_index(other, IndexConfig.preset("IVF_SQ", min_rows_for_index=100))
+    assert (search.index.index_type, search.index.nprobes, search.index.ef) == ("IVF_SQ", 6, None)
     assert search.text("q", k=1, vector=vectors[42])["video_id"][0].as_py() == "v42"
     pinned = CatalogSearch(db, index=IndexConfig())
     assert pinned.index == IndexConfig()
