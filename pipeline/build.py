@@ -113,6 +113,10 @@ def build_dataset(
         resources.embed_gpus,
         resources.embed_batch_clips,
     )
+    # Ray Data's actor pools default to restarting actors and retrying their tasks forever
+    # (-1), so a video that kills its worker would loop. Ray 2.60 takes the bounds only as
+    # `**ray_remote_args`, which warns of removal in 2.64 without a named replacement yet;
+    # `ray` is pinned below 2.61, and moving the pin means moving these bounds.
     retry = {
         "max_restarts": resources.max_task_retries,
         "max_task_retries": resources.max_task_retries,

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -80,8 +80,8 @@ class RefreshPlan:
 
     def dataset(self) -> ray.data.Dataset:
         """The manifest rows to embed (all manifest columns) as a Ray dataset."""
-        refs = [ref for ref, n in self.embed_refs if n]
-        return ray.data.from_arrow_refs(refs)
+        blocks = [(ref, meta) for ref, n, meta in self.embed_refs if n]
+        return dataset_from_refs([ref for ref, _ in blocks], [meta for _, meta in blocks])
 
     def apply_prune(self, sink: LanceSink) -> int:
         deleted = 0
@@ -89,6 +89,36 @@ class RefreshPlan:
             if n:
                 deleted += sink.delete_videos(ray.get(ref))
         return deleted
+
+
+def block_metadata(block: pa.Table) -> Any:
+    """Ray Data's metadata of a block, computed here, where the block already is."""
+    from ray.data.block import BlockMetadataWithSchema
+
+    return BlockMetadataWithSchema.from_block(block)
+
+
+def dataset_from_refs(refs: list, metadata: list) -> ray.data.Dataset:
+    """A dataset of blocks already in the object store, with metadata known in the driver.
+
+    `ray.data.from_arrow_refs` runs one remote task per block just to read row counts and
+    the schema back, and on a quiet cluster the first such task starts a worker process
+    (~1.2 CPU s measured on the 2-core dev VM). This builds the same logical plan that
+    `ray.data.from_blocks` builds, from refs. It uses Ray Data internals pinned by
+    `ray>=2.60,<2.61`; if they move, the public call is the fallback.
+    """
+    try:
+        from ray.data._internal.logical.interfaces import LogicalPlan
+        from ray.data._internal.logical.operators import FromBlocks
+        from ray.data._internal.stats import DatasetStats
+        from ray.data.context import DataContext
+        from ray.data.dataset import MaterializedDataset
+    except ImportError:  # a Ray outside the pinned range
+        logger.warning("Ray Data internals moved: metadata of %d blocks read remotely", len(refs))
+        return ray.data.from_arrow_refs(refs)
+    context = DataContext.get_current().copy()
+    stats = DatasetStats(metadata={"FromBlocks": metadata}, parent=None)
+    return MaterializedDataset(LogicalPlan(FromBlocks(refs, metadata), context), context, stats)
 
 
 def hash_buckets(ids: pa.Array, buckets: int) -> np.ndarray:
@@ -327,7 +357,7 @@ def _plan_bucket(plan, m, s, e, signature, mode, prune, version_of, block_rows) 
     rows = j.filter(embed).select(m.column_names)
     for start in range(0, len(rows), block_rows):
         block = rows.slice(start, block_rows)
-        plan.embed_refs.append((ray.put(block), len(block)))
+        plan.embed_refs.append((ray.put(block), len(block), block_metadata(block)))
 
 
 def _resolve_versions(plan, j, version, known, version_of):

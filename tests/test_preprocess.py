@@ -82,5 +82,8 @@ def test_normalize_is_bit_identical_to_the_plain_formula_and_leaves_input_alone(
     x = frames.permute(0, 1, 4, 2, 3).float() / 255.0
     mean = torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1)
-    assert torch.equal(normalize_frames(frames), (x - mean) / std)
+    out = normalize_frames(frames)
+    assert torch.equal(out, (x - mean) / std)
     assert torch.equal(frames, before)
+    # Laid out for the patch embedding: its [B, 3, T, H, W] permute is contiguous.
+    assert out.permute(0, 2, 1, 3, 4).is_contiguous()

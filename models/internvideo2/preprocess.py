@@ -91,6 +91,9 @@ def normalize_frames(
 ) -> torch.Tensor:
     """uint8 `[B, T, H, W, 3]` → normalized float `[B, T, 3, H, W]` on `device`.
 
+    The result is a view whose memory is ordered `[B, 3, T, H, W]` (see below); call
+    `.contiguous()` before anything that needs `[B, T, 3, H, W]` order in memory.
+
     The uint8 tensor is moved first and converted on the device, so the host-to-device copy
     carries a quarter of the bytes.
     """
@@ -99,10 +102,13 @@ def normalize_frames(
     if frames.ndim != 5 or frames.shape[-1] != 3:
         raise ValueError(f"expected [B, T, H, W, 3] frames, got {tuple(frames.shape)}")
     x = frames.to(device, non_blocking=True) if device is not None else frames
-    # Reorder while still uint8 (a quarter of the bytes), then one float buffer updated in
-    # place: the same operations in the same order as `(x / 255 - mean) / std`, so the
-    # values are bit-identical, at under half the CPU time of the out-of-place version.
-    x = x.permute(0, 1, 4, 2, 3).contiguous().float().div_(255.0)
+    # Reorder while still uint8 (a quarter of the bytes), straight into the `[B, 3, T, H, W]`
+    # memory order the patch-embedding Conv3d reads, and return a `[B, T, 3, H, W]` view of
+    # it: the encoder's own permute then yields a contiguous input, where a `[B, T, 3, ...]`
+    # buffer made the convolution copy it first (that copy was half the tiny model's CPU
+    # time). One float buffer, updated in place: the same operations in the same order as
+    # `(x / 255 - mean) / std`, so the values are bit-identical.
+    x = x.permute(0, 4, 1, 2, 3).contiguous().float().div_(255.0).transpose(1, 2)
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 1, 3, 1, 1)
     return x.sub_(mean).div_(std).to(dtype)
