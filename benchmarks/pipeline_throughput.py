@@ -231,6 +231,64 @@ def time_job(manifest: str, workdir: str, tag: str) -> dict:
     return {"wall": wall, "cpu": cpu.seconds, "report": report, "by_process": cpu.by_process()}
 
 
+def _naive_decode(batch: dict, params: dict, root: str) -> dict:
+    """The naive graph's decode task: in-process decode of each row, frames out."""
+    import numpy as np
+
+    from pipeline import schema
+
+    frames = [_fetch_and_decode_frames(uri, root, params)[0] for uri in batch["uri"]]
+    n = len(frames)
+    return {
+        schema.FRAMES: np.stack(frames),
+        schema.STATUS: np.array(["ok"] * n, dtype=object),
+        schema.MESSAGE: np.array([""] * n, dtype=object),
+    }
+
+
+def _fetch_and_decode_frames(uri: str, root: str, params: dict):
+    from pipeline._decode_worker import decode_path
+    from pipeline.uris import resolve_uri
+
+    path = resolve_uri(uri, (root,), root).path
+    os.stat(path)
+    header, frames = decode_path(path, params)
+    assert header["status"] == "ok", header
+    return frames
+
+
+def time_naive(manifest: str, params: dict, cpus: int) -> dict:
+    """The issue's reference point: a plain Ray Data graph, decode *tasks* running the same
+    decode in-process (no isolation, first clip only) → one embed actor (the job's
+    EmbedStage and batch size) → rows counted in the driver, nothing written."""
+    import ray
+
+    from pipeline.embed import EmbedStage
+
+    cfg = job_config(manifest, os.path.dirname(manifest))
+    root = os.path.dirname(os.path.abspath(manifest))
+    with TreeCpu() as cpu:
+        started = time.perf_counter()
+        ds = ray.data.read_parquet(manifest, columns=["uri"]).map_batches(
+            _naive_decode,
+            fn_kwargs={"params": params, "root": root},
+            batch_size=cfg.resources.decode_batch_videos,
+            num_cpus=1,
+            concurrency=cpus,
+        )
+        ds = ds.map_batches(
+            EmbedStage,
+            fn_constructor_kwargs={"config": cfg.embed},
+            batch_size=cfg.resources.embed_batch_clips,
+            compute=ray.data.ActorPoolStrategy(size=1),
+            num_cpus=0,
+            zero_copy_batch=False,
+        )
+        rows = sum(len(b["embedding"]) for b in ds.iter_batches(batch_size=None))
+        wall = time.perf_counter() - started
+    return {"wall": wall, "cpu": cpu.seconds, "rows": rows}
+
+
 def med(values: list[float], fmt: str = ".1f") -> str:
     """Median [min-max]."""
     return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
@@ -251,6 +309,11 @@ def cpu_profile(by_process: dict[str, float], videos: int) -> str:
     return ", ".join(f"{g} {s / videos * 1e3:.1f}" for g, s in out.items())
 
 
+def naive_ratio(runs: list[tuple[dict, dict]]) -> str:
+    pairs = [(b["wall"], j["naive"]["wall"]) for b, j in runs if "naive" in j]
+    return med([b / n for b, n in pairs], ".2f") if pairs else "–"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=600)
@@ -267,6 +330,9 @@ def main() -> None:
         "pool alike, so that other load on the machine slows both the same way",
     )
     parser.add_argument("--workdir", default=None, help="keeps the clips between runs")
+    parser.add_argument(
+        "--no-naive", action="store_true", help="skip the naive Ray Data graph reference"
+    )
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     workdir = args.workdir or tempfile.mkdtemp(prefix="vidcat-pipeline-bench-")
@@ -288,6 +354,9 @@ def main() -> None:
                 base = baseline(path, params, args.cpus, niceness)
                 job = time_job(path, workdir, f"{case}{i}")
                 assert job["report"]["counts"]["clips_embedded"] == base["clips"]
+                if not args.no_naive:
+                    job["naive"] = time_naive(path, params, args.cpus)
+                    assert job["naive"]["rows"] == base["videos"]
                 results[case].append((base, job))
                 n, sec = base["videos"], job["report"]["seconds"]
                 print(
@@ -296,7 +365,13 @@ def main() -> None:
                     f"ratio {base['wall'] / job['wall']:.2f}; in stages: decode "
                     f"{sec['decode']:.1f} s, embed {sec['embed']:.1f} s, commit "
                     f"{sec['commit']:.2f} s; job CPU ms/video: "
-                    f"{cpu_profile(job['by_process'], n)}",
+                    f"{cpu_profile(job['by_process'], n)}"
+                    + (
+                        f"; naive graph {job['naive']['wall']:.2f} s, "
+                        f"{job['naive']['cpu'] / n * 1e3:.1f} CPU ms/video"
+                        if "naive" in job
+                        else ""
+                    ),
                     flush=True,
                 )
     finally:
@@ -312,9 +387,9 @@ def main() -> None:
     print(
         "| clips | baseline videos/s (warm / cold pool) | job videos/s | job/baseline "
         "| job/cold baseline | job incl. ray.init/baseline | CPU ms/video baseline / job "
-        "| CPU ratio |"
+        "| CPU ratio | naive graph / baseline |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for runs in results.values():
         n = runs[0][0]["videos"]
         bw, bc = [b["wall"] for b, _ in runs], [b["cold"] for b, _ in runs]
@@ -327,7 +402,8 @@ def main() -> None:
             f"| {med([b / (j + init_s) for b, j in zip(bw, jw, strict=True)], '.2f')} "
             f"| {med([b['cpu'] / n * 1e3 for b, _ in runs])} / "
             f"{med([j['cpu'] / n * 1e3 for _, j in runs])} "
-            f"| {med([b['cpu'] / j['cpu'] for b, j in runs], '.2f')} |"
+            f"| {med([b['cpu'] / j['cpu'] for b, j in runs], '.2f')} "
+            f"| {naive_ratio(runs)} |"
         )
     print()
     print(
