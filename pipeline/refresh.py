@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 import ray
 
 from . import schema
-from .uris import redact_uri
+from .uris import redact_uris
 
 if TYPE_CHECKING:
     from .manifest import ManifestInfo
@@ -121,12 +121,44 @@ def dataset_from_refs(refs: list, metadata: list) -> ray.data.Dataset:
     return MaterializedDataset(LogicalPlan(FromBlocks(refs, metadata), context), context, stats)
 
 
-def hash_buckets(ids: pa.Array, buckets: int) -> np.ndarray:
-    """Bucket of every id (stable within one process, which is all the diff needs)."""
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+def fnv1a64(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """64-bit FNV-1a of every string's UTF-8 bytes, vectorized over the Arrow buffers.
+
+    One numpy pass per byte position, over only the strings that long, so the work is the
+    column's byte count and no Python object is made per row (a per-row `hash()` held
+    ~280 MiB of allocator memory after 10M ids). Deterministic across processes and runs.
+    Nulls hash like the empty string.
+    """
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    ids = ids.cast(pa.large_string())
+    n = len(ids)
+    _, offsets_buf, data_buf = ids.buffers()
+    offsets = np.frombuffer(offsets_buf, np.int64, count=n + 1, offset=ids.offset * 8)
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    if ids.null_count:
+        lengths = np.where(ids.is_valid().to_numpy(zero_copy_only=False), lengths, 0)
+    h = np.full(n, _FNV_OFFSET, np.uint64)
+    live = np.flatnonzero(lengths)
+    i = 0
+    with np.errstate(over="ignore"):
+        while len(live):
+            h[live] = (h[live] ^ data[starts[live] + i].astype(np.uint64)) * _FNV_PRIME
+            i += 1
+            live = live[lengths[live] > i]
+    return h
+
+
+def hash_buckets(ids: pa.Array | pa.ChunkedArray, buckets: int) -> np.ndarray:
+    """Bucket of every id: the same id always lands in the same bucket, in any process."""
     if buckets == 1:
         return np.zeros(len(ids), np.int64)
-    h = np.fromiter(map(hash, ids.to_pylist()), dtype=np.int64, count=len(ids))
-    return np.mod(h, buckets)
+    return (fnv1a64(ids) % np.uint64(buckets)).astype(np.int64)
 
 
 class _Spill:
@@ -252,16 +284,37 @@ def plan_refresh(
     return plan
 
 
+def _ranks(column: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+    """`(ranks, values)`: int32 rank of every row's string in `values` (its distinct values,
+    sorted), nulls kept; comparing ranks is comparing the strings."""
+    encoded = column.combine_chunks().dictionary_encode()
+    order = pc.sort_indices(encoded.dictionary).to_numpy()
+    rank_of = np.empty(len(order), np.int32)
+    rank_of[order] = np.arange(len(order), dtype=np.int32)
+    return pc.take(pa.array(rank_of), encoded.indices), pc.take(encoded.dictionary, order)
+
+
 def _collapse_state(s: pa.Table) -> pa.Table:
     """One row per video: clips share version, signature and uri, unless an interrupted or
-    mixed write left them inconsistent, which then reads as "changed" (null signature)."""
-    agg = s.group_by(schema.VIDEO_ID).aggregate(
-        [
-            (c, op)
-            for c in (schema.CONTENT_VERSION, schema.SIGNATURE, schema.URI)
-            for op in ("min", "max")
-        ]
+    mixed write left them inconsistent, which then reads as "changed" (null signature).
+
+    Min/max run on int32 ranks of the strings rather than on the strings: the same result,
+    at about a quarter of the memory and time of Arrow's string min/max group-by.
+    """
+    columns = (schema.CONTENT_VERSION, schema.SIGNATURE, schema.URI)
+    ranked = {schema.VIDEO_ID: s[schema.VIDEO_ID]}
+    values = {}
+    for c in columns:
+        ranked[c], values[c] = _ranks(s[c])
+    agg = (
+        pa.table(ranked)
+        .group_by(schema.VIDEO_ID)
+        .aggregate([(c, op) for c in columns for op in ("min", "max")])
     )
+
+    def value(c: str, op: str) -> pa.Array:
+        return pc.take(values[c], agg[f"{c}_{op}"])
+
     consistent = pc.and_(
         pc.equal(agg[f"{schema.CONTENT_VERSION}_min"], agg[f"{schema.CONTENT_VERSION}_max"]),
         pc.equal(agg[f"{schema.SIGNATURE}_min"], agg[f"{schema.SIGNATURE}_max"]),
@@ -269,11 +322,11 @@ def _collapse_state(s: pa.Table) -> pa.Table:
     return pa.table(
         {
             schema.VIDEO_ID: agg[schema.VIDEO_ID],
-            "t_version": agg[f"{schema.CONTENT_VERSION}_min"],
+            "t_version": value(schema.CONTENT_VERSION, "min"),
             "t_signature": pc.if_else(
-                pc.fill_null(consistent, False), agg[f"{schema.SIGNATURE}_min"], None
+                pc.fill_null(consistent, False), value(schema.SIGNATURE, "min"), None
             ),
-            "t_uri": agg[f"{schema.URI}_min"],
+            "t_uri": value(schema.URI, "min"),
         }
     )
 
@@ -324,7 +377,7 @@ def _plan_bucket(plan, m, s, e, signature, mode, prune, version_of, block_rows) 
     else:
         have = j[schema.VERSION] if schema.VERSION in j.column_names else pa.nulls(n, pa.string())
         version = _resolve_versions(plan, j, have, pc.invert(new), version_of)
-        uri = pa.array([redact_uri(u) for u in j[schema.URI].to_pylist()], pa.string())
+        uri = redact_uris(j[schema.URI])
         unchanged_t = pc.and_(
             pc.and_(
                 pc.fill_null(pc.equal(j["t_signature"], signature), False),

@@ -29,17 +29,16 @@ from lancedb.expr import col
 from pipeline import schema
 from pipeline.manifest import RESERVED
 from pipeline.schema import Status
-from pipeline.uris import redact_uri
+from pipeline.uris import redact_uri, redact_uris
 
 logger = logging.getLogger(__name__)
 
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
 _STATUSES = pa.array([s.value for s in Status])
+
+
 # Anything `redact_uri` could change: userinfo, query, fragment, non-printable characters.
-_NEEDS_REDACTION = r"[@?#]|[^\x20-\x7e]"
-
-
 class TableSchemaError(RuntimeError):
     """An existing table does not have the columns this run writes."""
 
@@ -209,21 +208,6 @@ def _as_table(batch) -> pa.Table:
         else:
             columns[name] = pa.array(value.tolist() if value.dtype == object else value)
     return pa.table(columns)
-
-
-def _redacted(uris: pa.ChunkedArray) -> pa.Array:
-    """`redact_uri` applied to the rows that need it (upstream already redacted them)."""
-    uris = uris.combine_chunks()
-    suspect = pc.or_(
-        pc.match_substring_regex(uris, _NEEDS_REDACTION), pc.greater(pc.utf8_length(uris), 1024)
-    )
-    rows = np.flatnonzero(pc.fill_null(suspect, False).to_numpy(zero_copy_only=False))
-    if not len(rows):
-        return uris
-    values = uris.to_pylist()
-    for r in rows:
-        values[r] = redact_uri(values[r])
-    return pa.array(values, pa.string())
 
 
 def _last_per_key(table: pa.Table, key: str) -> pa.Table:
@@ -432,7 +416,7 @@ class LanceSink:
             columns[schema.CLIP_ID] = pa.array(
                 [schema.clip_id(v, i) if i is not None else None for v, i in pairs], pa.string()
             )
-        columns[schema.URI] = _redacted(batch[schema.URI].cast(pa.string()))
+        columns[schema.URI] = redact_uris(batch[schema.URI])
         messages = [None] * n
         if schema.MESSAGE in batch.schema.names:
             messages = [
