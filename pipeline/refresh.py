@@ -137,6 +137,8 @@ def fnv1a64(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
         ids = ids.combine_chunks()
     ids = ids.cast(pa.large_string())
     n = len(ids)
+    if n == 0:
+        return np.zeros(0, np.uint64)
     _, offsets_buf, data_buf = ids.buffers()
     offsets = np.frombuffer(offsets_buf, np.int64, count=n + 1, offset=ids.offset * 8)
     data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)

@@ -34,6 +34,7 @@ def test_dataset_from_refs_keeps_blocks_rows_and_schema(ray_cluster):
 
 
 def test_fnv1a64_known_values_slices_chunks_and_nulls():
+    assert fnv1a64(pa.array([], pa.string())).tolist() == []
     h = fnv1a64(pa.array(["", "a", "foobar"]))
     assert h.tolist() == [0xCBF29CE484222325, 0xAF63DC4C8601EC8C, 0x85944171F73967E8]
     ids = pa.array([f"video-{i:07d}" for i in range(1000)] + ["caf\u00e9", None])
