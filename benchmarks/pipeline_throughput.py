@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import multiprocessing
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -193,9 +194,13 @@ def head_manifest(manifest: str, rows: int) -> str:
     return path
 
 
+#: Extra `jobs/embed_catalog.py` arguments for the timed job (`--job-args`).
+_JOB_ARGS: list[str] = []
+
+
 def job_config(manifest: str, db: str):
     argv = ["--manifest", manifest, "--db", db, "--model", "tiny-random", "--no-maintenance"]
-    return build_config(parse_args(argv), has_gpu=False)
+    return build_config(parse_args([*argv, *_JOB_ARGS]), has_gpu=False)
 
 
 def baseline(manifest: str, params: dict, processes: int, niceness: int) -> dict:
@@ -333,7 +338,13 @@ def main() -> None:
     parser.add_argument(
         "--no-naive", action="store_true", help="skip the naive Ray Data graph reference"
     )
+    parser.add_argument(
+        "--job-args",
+        default="",
+        help="extra jobs/embed_catalog.py arguments (e.g. '--decoders-per-actor 2')",
+    )
     args = parser.parse_args()
+    _JOB_ARGS.extend(shlex.split(args.job_args))
     width, height = (int(v) for v in args.size.lower().split("x"))
     workdir = args.workdir or tempfile.mkdtemp(prefix="vidcat-pipeline-bench-")
     os.makedirs(workdir, exist_ok=True)

@@ -147,6 +147,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     r = p.add_argument_group("resources")
     r.add_argument("--decode-actors", type=int, default=None, help="default: free CPUs")
+    r.add_argument(
+        "--decoders-per-actor",
+        type=int,
+        default=None,
+        help="decoder processes per decode actor, one CPU each (default: 1 with "
+        "--decode-actors, else up to 4 per actor, sized to the free CPUs)",
+    )
     r.add_argument("--embed-actors", type=int, default=1, help="usually the number of GPUs")
     r.add_argument(
         "--gpus-per-actor",
@@ -201,6 +208,7 @@ def build_config(args: argparse.Namespace, has_gpu: bool) -> RunConfig:
         ),
         resources=ResourceConfig(
             decode_actors=args.decode_actors,
+            decoders_per_actor=args.decoders_per_actor,
             embed_actors=args.embed_actors,
             embed_gpus=gpus,
             # On CPU the encoder takes its share of the cores from the OS scheduler: a

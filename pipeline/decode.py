@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import queue
 import select
 import shutil
 import signal
@@ -29,6 +30,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, NamedTuple
 
@@ -636,7 +638,11 @@ class DecodeStage:
     """Ray Data callable class: manifest batch → one row per clip, one row per failure.
 
     Used as `ds.map_batches(DecodeStage, fn_constructor_kwargs={"config": cfg},
-    batch_format="numpy" or "pyarrow", ...)`; each actor owns one :class:`IsolatedDecoder`.
+    batch_format="numpy" or "pyarrow", ...)`. Each actor owns `decoders`
+    :class:`IsolatedDecoder` processes and spreads a batch's videos over them with as many
+    threads (the threads only wait on pipes; the decoding happens in the processes), so one
+    Ray actor can keep several cores busy: fewer actors per node means less of Ray's
+    per-worker start-up and memory.
 
     Output columns: video_id, uri (redacted), clip_index (int32, -1 on error rows),
     clip_start_s, clip_end_s (float64, NaN on error rows), frames (uint8
@@ -647,41 +653,28 @@ class DecodeStage:
     video; a passthrough column named like an output column is dropped.
     """
 
-    def __init__(self, config: DecodeConfig) -> None:
+    def __init__(self, config: DecodeConfig, decoders: int = 1) -> None:
+        if decoders < 1:
+            raise ValueError("decoders must be >= 1")
         self.config = config
-        self._decoder = IsolatedDecoder(config)
+        self._free: queue.SimpleQueue[IsolatedDecoder] = queue.SimpleQueue()
+        for _ in range(decoders):
+            self._free.put(IsolatedDecoder(config))
+        self._pool = (
+            ThreadPoolExecutor(decoders, thread_name_prefix="vidcat-decode")
+            if decoders > 1
+            else None
+        )
 
     def __call__(self, batch: dict[str, np.ndarray] | pa.Table) -> dict[str, np.ndarray]:
         columns = _numpy_columns(batch)
         num_rows = len(columns[schema.VIDEO_ID])
         started = time.perf_counter()
-        results = []
-        for i in range(num_rows):
-            video_id = str(columns[schema.VIDEO_ID][i])
-            uri = _cell(columns, schema.URI, i)
-            video_started = time.perf_counter()
-            try:
-                result = self._decoder.decode(
-                    uri,
-                    _float_or_none(_cell(columns, schema.START_S, i)),
-                    _float_or_none(_cell(columns, schema.END_S, i)),
-                    _str_or_none(_cell(columns, schema.VERSION, i)),
-                    video_id=video_id,
-                )
-            except Exception as exc:  # a bug here must cost one row, not the batch
-                logger.exception("decode of %s raised", video_id)
-                result = DecodeResult(
-                    Status.DECODE_ERROR, redact_uri(uri), f"internal error: {type(exc).__name__}"
-                )
-            if result.status is not Status.OK:
-                logger.warning(
-                    "decode failed: video_id=%s uri=%s status=%s: %s",
-                    video_id,
-                    result.uri,
-                    result.status.value,
-                    result.message,
-                )
-            results.append((video_id, result, time.perf_counter() - video_started))
+        rows = range(num_rows)
+        if self._pool is None:
+            results = [self._decode_row(columns, i) for i in rows]
+        else:  # in input order, whichever decoder finishes first
+            results = list(self._pool.map(lambda i: self._decode_row(columns, i), rows))
         out = self._assemble(columns, results)
         logger.debug(
             "decoded %d videos into %d rows in %.2f s",
@@ -690,6 +683,48 @@ class DecodeStage:
             time.perf_counter() - started,
         )
         return out
+
+    def close(self) -> None:
+        """Stop the decoder processes (they also exit on their own when this process dies)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        while True:
+            try:
+                self._free.get_nowait().close()
+            except queue.Empty:
+                return
+
+    def _decode_row(
+        self, columns: dict[str, np.ndarray], i: int
+    ) -> tuple[str, DecodeResult, float]:
+        video_id = str(columns[schema.VIDEO_ID][i])
+        uri = _cell(columns, schema.URI, i)
+        video_started = time.perf_counter()
+        decoder = self._free.get()
+        try:
+            result = decoder.decode(
+                uri,
+                _float_or_none(_cell(columns, schema.START_S, i)),
+                _float_or_none(_cell(columns, schema.END_S, i)),
+                _str_or_none(_cell(columns, schema.VERSION, i)),
+                video_id=video_id,
+            )
+        except Exception as exc:  # a bug here must cost one row, not the batch
+            logger.exception("decode of %s raised", video_id)
+            result = DecodeResult(
+                Status.DECODE_ERROR, redact_uri(uri), f"internal error: {type(exc).__name__}"
+            )
+        finally:
+            self._free.put(decoder)
+        if result.status is not Status.OK:
+            logger.warning(
+                "decode failed: video_id=%s uri=%s status=%s: %s",
+                video_id,
+                result.uri,
+                result.status.value,
+                result.message,
+            )
+        return video_id, result, time.perf_counter() - video_started
 
     def _assemble(
         self, columns: dict[str, np.ndarray], results: list[tuple[str, DecodeResult, float]]

@@ -176,7 +176,10 @@ def _upload(endpoint: str, bucket: str, key: str, path) -> str:
     return s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
 
 
-def test_batch_with_every_kind_of_bad_row(media, s3_bucket, caplog):
+@pytest.mark.parametrize("decoders", [1, 3])
+def test_batch_with_every_kind_of_bad_row(media, s3_bucket, caplog, decoders):
+    """Every bad input costs exactly its own row, also with several decoder processes
+    working on one batch at once (rows keep their input order)."""
     endpoint, bucket = s3_bucket
     etag = _upload(endpoint, bucket, "videos/good.mp4", media / "good.mp4")
     rows = [  # (video_id, uri, expected status)
@@ -229,10 +232,11 @@ def test_batch_with_every_kind_of_bad_row(media, s3_bucket, caplog):
         "rank": np.arange(len(rows), dtype=np.int64),
         schema.STATUS: np.array(["from the manifest"] * len(rows), dtype=object),
     }
-    stage = DecodeStage(config)
+    stage = DecodeStage(config, decoders=decoders)
     with caplog.at_level(logging.DEBUG, logger="pipeline.decode"):
         out = stage(batch)
-    stage._decoder.close()
+    stage.close()
+    assert list(out[schema.VIDEO_ID]) == [r[0] for r in rows]
 
     assert len(out[schema.VIDEO_ID]) == len(rows)  # short videos: one clip or one error each
     by_id = {vid: j for j, vid in enumerate(out[schema.VIDEO_ID])}
@@ -465,10 +469,10 @@ def test_stage_under_ray_data(media, ray_cluster):
         {schema.VIDEO_ID: "bad", schema.URI: str(media / "random.mp4"), "caption": "r"},
     ]
     config = DecodeConfig(allowed_roots=(str(media),), clip_seconds=10)
-    for batch_format in ("numpy", "pyarrow"):
+    for batch_format, decoders in (("numpy", 1), ("pyarrow", 2)):
         ds = ray.data.from_items(rows).map_batches(
             DecodeStage,
-            fn_constructor_kwargs={"config": config},
+            fn_constructor_kwargs={"config": config, "decoders": decoders},
             batch_format=batch_format,
             batch_size=2,
             concurrency=1,

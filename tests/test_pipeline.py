@@ -169,7 +169,9 @@ def test_long_videos_become_clips_and_a_changed_setting_re_embeds(ray_cluster, t
         str(root), num_videos=2, seconds=5.0, width=64, height=48, workers=1
     )
     db = tmp_path / "db"
-    report = run(config(manifest, db, decode=DecodeConfig(clip_seconds=2.0)))
+    # One decode actor running two decoder processes (the big-node layout).
+    shared = dataclasses.replace(CPU, decode_actors=1, decoders_per_actor=2)
+    report = run(config(manifest, db, decode=DecodeConfig(clip_seconds=2.0), resources=shared))
     clips = table_rows(db)
     assert report["counts"]["clips_embedded"] == len(clips) == 6  # 5 s → [0,2) [2,4) [4,5)
     first = clips.filter(pa.compute.equal(clips[schema.CLIP_INDEX], 1)).to_pylist()[0]
