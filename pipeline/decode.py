@@ -657,9 +657,10 @@ class DecodeStage:
         if decoders < 1:
             raise ValueError("decoders must be >= 1")
         self.config = config
+        self._decoders = [IsolatedDecoder(config) for _ in range(decoders)]
         self._free: queue.SimpleQueue[IsolatedDecoder] = queue.SimpleQueue()
-        for _ in range(decoders):
-            self._free.put(IsolatedDecoder(config))
+        for decoder in self._decoders:
+            self._free.put(decoder)
         self._pool = (
             ThreadPoolExecutor(decoders, thread_name_prefix="vidcat-decode")
             if decoders > 1
@@ -684,15 +685,17 @@ class DecodeStage:
         )
         return out
 
+    @property
+    def child_pids(self) -> list[int | None]:
+        """PIDs of the decoder processes (None: not started yet, or stopped)."""
+        return [decoder.child_pid for decoder in self._decoders]
+
     def close(self) -> None:
         """Stop the decoder processes (they also exit on their own when this process dies)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
-        while True:
-            try:
-                self._free.get_nowait().close()
-            except queue.Empty:
-                return
+        for decoder in self._decoders:
+            decoder.close()
 
     def _decode_row(
         self, columns: dict[str, np.ndarray], i: int

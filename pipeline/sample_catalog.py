@@ -165,7 +165,8 @@ def make_sample_catalog(
     Args:
         out: local directory or `s3://bucket/prefix`.
         s3: endpoint settings when `out` is on S3 (credentials from the AWS chain).
-        workers: encoding processes (default: one per CPU, at most one per 8 videos).
+        workers: encoding processes, always fresh ones (default: one per CPU, at most one
+            per 8 videos).
         absolute_uris: local manifests hold absolute paths instead of paths relative to
             the manifest's directory.
 
@@ -186,13 +187,12 @@ def make_sample_catalog(
             for v, n in zip(videos, names, strict=True)
         ]
         workers = workers or max(1, min(os.cpu_count() or 1, num_videos // 8))
-        if workers == 1:
-            for job in jobs:
-                _render_one(job)
-        else:
-            spawn = multiprocessing.get_context("spawn")  # no fork of a threaded parent
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=spawn) as pool:
-                list(pool.map(_render_one, jobs, chunksize=4))
+        # Always in fresh processes, also for one worker: encoded in a process that had
+        # imported torch, the same frames came out as different h264 (in one run of three),
+        # so the caller's state must not reach the encoder.
+        spawn = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=spawn) as pool:
+            list(pool.map(_render_one, jobs, chunksize=4))
         if on_s3:
             prefix = out.rstrip("/")
             uris = [f"{prefix}/{n}" for n in names]
