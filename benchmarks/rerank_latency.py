@@ -88,17 +88,23 @@ def main(argv=None) -> None:
         with CatalogSearch(db, model=SPEC) as plain:
             base, _ = timed(plain, args.runs)
         rows.append(("none", base, None))
-        for source in ("stored", "recompute"):
-            with CatalogSearch(db, model=SPEC, rerank_tokens=source) as search:
+        cases = [("stored", "stored", None), ("recompute", "recompute", None)]
+        cases.append(("recompute, 1 decoder", "recompute", 1))
+        for name, source, decoders in cases:
+            with CatalogSearch(
+                db, model=SPEC, rerank_tokens=source, rerank_decoders=decoders
+            ) as search:
                 t, stats = timed(search, args.runs, rerank=True, rerank_k=32)
-            rows.append((source, t, stats))
+                if decoders is None and source == "recompute":
+                    name += f", {search.reranker.config.decoders} decoders"
+            rows.append((name, t, stats))
     base_p50 = statistics.median(base)
     print(
         f"tiny-random on CPU ({args.threads} thread), {args.clips} clips, rerank_k=32, "
         f"median of {args.runs}"
     )
     print(
-        f"{'tokens':<10} {'p50 ms':>8} {'p95 ms':>8} {'x no-rerank':>11} "
+        f"{'tokens':<24} {'p50 ms':>8} {'p95 ms':>8} {'x no-rerank':>11} "
         f"{'tokens ms':>10} {'decode ms':>10} {'match ms':>9}"
     )
     for name, t, stats in rows:
@@ -114,7 +120,7 @@ def main(argv=None) -> None:
                 f"{med['match_seconds']:.1f}",
             )
         print(
-            f"{name:<10} {statistics.median(t) * 1e3:>8.1f} {pct(t, 95) * 1e3:>8.1f} "
+            f"{name:<24} {statistics.median(t) * 1e3:>8.1f} {pct(t, 95) * 1e3:>8.1f} "
             f"{statistics.median(t) / base_p50:>11.1f} {extra[0]:>10} {extra[1]:>10} "
             f"{extra[2]:>9}"
         )

@@ -164,6 +164,8 @@ class CatalogSearch:
         index: ANN search parameters; None: the tuned preset of the index type the table
             has (`IndexConfig.preset`), looked up again when the table's version changes.
         rerank_tokens: vision-token source for re-ranking: `auto`, `stored`, `recompute`.
+        rerank_decoders: decoder processes re-decoding candidates in parallel when tokens
+            are recomputed (default: `RerankConfig`'s, up to 4).
         read_consistency_interval: how stale a read may be; 0 sees every refresh at once.
     """
 
@@ -179,6 +181,7 @@ class CatalogSearch:
         *,
         index: IndexConfig | None = None,
         rerank_tokens: str = "auto",
+        rerank_decoders: int | None = None,
         read_consistency_interval: timedelta = timedelta(0),
     ) -> None:
         if rerank_tokens not in TOKEN_SOURCES:
@@ -187,6 +190,9 @@ class CatalogSearch:
         self.model, self.device = model, device
         self._index_arg, self._index_for = index, None
         self.rerank_tokens = rerank_tokens
+        self._rerank_config = RerankConfig(tokens=rerank_tokens)
+        if rerank_decoders is not None:
+            self._rerank_config = dataclasses.replace(self._rerank_config, decoders=rerank_decoders)
         self._storage_options = dict(storage_options or {}) or None
         self._tokenizer_arg, self._tokenizer = tokenizer, None
         self._decode = decode
@@ -351,7 +357,7 @@ class CatalogSearch:
                 encoder.embed_frames,
                 self.decode,
                 encoder.signature,
-                RerankConfig(tokens=self.rerank_tokens),
+                self._rerank_config,
             )
         return self._reranker
 

@@ -21,9 +21,12 @@ ones, with a null `rerank_score` and a warning: results are never dropped silent
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -67,17 +70,22 @@ class RerankConfig:
         clips_per_call: clips per vision-encoder and matching-decoder call.
         min_embedding_cosine: a recomputed clip whose embedding has a lower cosine to the
             stored one is reported (the video changed, or the decode settings differ).
+        decoders: isolated decoder processes re-decoding candidates in parallel
+            (recompute); started on first use and kept for the next query.
     """
 
     tokens: TokenSource = "auto"
     clips_per_call: int = 16
     min_embedding_cosine: float = 0.99
+    decoders: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
 
     def __post_init__(self) -> None:
         if self.tokens not in TOKEN_SOURCES:
             raise ValueError(f"tokens must be one of {TOKEN_SOURCES}, got {self.tokens!r}")
         if self.clips_per_call < 1:
             raise ValueError("clips_per_call must be >= 1")
+        if self.decoders < 1:
+            raise ValueError("decoders must be >= 1")
 
 
 def decode_tokens(raw: bytes, shape: Sequence[int]) -> torch.Tensor:
@@ -188,7 +196,9 @@ class Reranker:
         self.decode = decode
         self.expected_signature = expected_signature
         self.config = config or RerankConfig()
-        self._decoder: IsolatedDecoder | None = None
+        self._decoders: list[IsolatedDecoder] = []
+        self._free: queue.SimpleQueue[IsolatedDecoder] = queue.SimpleQueue()
+        self._pool: ThreadPoolExecutor | None = None
         self._decode_seconds = 0.0
         #: What the last call did: `source`, `scored`, `unscored` clips and wall seconds
         #: (`seconds` in all, `tokens_seconds` to get the tokens, of which `decode_seconds`
@@ -196,9 +206,12 @@ class Reranker:
         self.last_stats: dict[str, object] = {}
 
     def close(self) -> None:
-        if self._decoder is not None:
-            self._decoder.close()
-            self._decoder = None
+        """Stop the decoder processes (they restart on the next recompute)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for decoder in self._decoders:
+            decoder.close()
 
     def rerank(
         self,
@@ -275,25 +288,35 @@ class Reranker:
         row's signature is not `expected_signature`, or the frames picked differ from the
         row's `frame_indices`.
         """
-        if self._decoder is None:
-            self._decoder = IsolatedDecoder(self.decode)
+        if not self._decoders:
+            self._decoders = [IsolatedDecoder(self.decode) for _ in range(self.config.decoders)]
+            for decoder in self._decoders:
+                self._free.put(decoder)
+        if self._pool is None and self.config.decoders > 1:
+            self._pool = ThreadPoolExecutor(self.config.decoders, thread_name_prefix="rerank")
         started = time.perf_counter()
-        ids, frames, stored = [], [], []
-        rows = candidates.select(list(CANDIDATE_COLUMNS)).to_pylist()
-        for row in rows:
-            cid = row[schema.CLIP_ID]
+        rows = []
+        for row in candidates.select(list(CANDIDATE_COLUMNS)).to_pylist():
             if self.expected_signature and row[schema.SIGNATURE] != self.expected_signature:
                 logger.warning(
                     "clip %s was embedded under signature %s, this searcher's model and decode "
                     "settings give %s: not recomputed",
-                    cid,
+                    row[schema.CLIP_ID],
                     row[schema.SIGNATURE],
                     self.expected_signature,
                 )
                 continue
-            clip = self._decode_clip(row)
+            rows.append(row)
+        # The candidates' decodes are independent: spread them over the decoder processes.
+        decoded = (
+            list(self._pool.map(self._decode_clip, rows))
+            if self._pool is not None
+            else [self._decode_clip(row) for row in rows]
+        )
+        ids, frames, stored = [], [], []
+        for row, clip in zip(rows, decoded, strict=True):
             if clip is not None:
-                ids.append(cid)
+                ids.append(row[schema.CLIP_ID])
                 frames.append(clip)
                 stored.append(row[schema.EMBEDDING])
         self._decode_seconds = time.perf_counter() - started
@@ -316,7 +339,11 @@ class Reranker:
     def _decode_clip(self, row: dict) -> np.ndarray | None:
         """uint8 frames `[T, H, W, 3]` of one candidate, or None when they differ or fail."""
         cid, start, end = row[schema.CLIP_ID], row[schema.CLIP_START_S], row[schema.CLIP_END_S]
-        result = self._decoder.decode(row[schema.URI], start_s=start, end_s=end)
+        decoder = self._free.get()
+        try:
+            result = decoder.decode(row[schema.URI], start_s=start, end_s=end)
+        finally:
+            self._free.put(decoder)
         if result.status is not Status.OK:
             logger.warning(
                 "clip %s: re-decode of %s failed: %s: %s",

@@ -18,6 +18,8 @@ from pipeline.embed import EmbedConfig, EmbedStage, ModelSpec
 from pipeline.query import CatalogSearch, tiny_tokenizer
 from pipeline.rerank import (
     CANDIDATE_COLUMNS,
+    RerankConfig,
+    Reranker,
     decode_tokens,
     match_scores,
     order_by_match,
@@ -276,3 +278,27 @@ def test_recompute_checks_frames_signature_and_decode(catalog, caplog):
     assert f"{ids[1]}: re-decode picked frames" in caplog.text
     assert f"{ids[2]}: re-decode of videos/missing.mp4 failed: fetch_error" in caplog.text
     assert f"clip {ids[3]} was embedded under signature other" in caplog.text
+
+
+def test_parallel_recompute_equals_one_decoder(catalog):
+    """Candidates are re-decoded by several decoder processes at once; the tokens are those
+    of one decoder doing them in turn, in the candidates' order."""
+    _, recompute = catalog
+    base = recompute.reranker
+    rows = recompute.table.to_arrow().select(list(CANDIDATE_COLUMNS))
+
+    def rerankers(decoders: int) -> Reranker:
+        config = RerankConfig(tokens="recompute", decoders=decoders)
+        return Reranker(base.model, base.embed_frames, base.decode, base.expected_signature, config)
+
+    one, three = rerankers(1), rerankers(3)
+    try:
+        serial, parallel = one.recompute_tokens(rows), three.recompute_tokens(rows)
+    finally:
+        one.close()
+        three.close()
+    assert list(parallel) == list(serial) == rows[schema.CLIP_ID].to_pylist()
+    for cid in serial:
+        torch.testing.assert_close(parallel[cid], serial[cid], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="decoders"):
+        RerankConfig(decoders=0)
