@@ -661,20 +661,20 @@ class DecodeStage:
         self._free: queue.SimpleQueue[IsolatedDecoder] = queue.SimpleQueue()
         for decoder in self._decoders:
             self._free.put(decoder)
-        self._pool = (
-            ThreadPoolExecutor(decoders, thread_name_prefix="vidcat-decode")
-            if decoders > 1
-            else None
-        )
+        self._pool: ThreadPoolExecutor | None = None
 
     def __call__(self, batch: dict[str, np.ndarray] | pa.Table) -> dict[str, np.ndarray]:
         columns = _numpy_columns(batch)
         num_rows = len(columns[schema.VIDEO_ID])
         started = time.perf_counter()
         rows = range(num_rows)
-        if self._pool is None:
+        if len(self._decoders) == 1:
             results = [self._decode_row(columns, i) for i in rows]
         else:  # in input order, whichever decoder finishes first
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    len(self._decoders), thread_name_prefix="vidcat-decode"
+                )
             results = list(self._pool.map(lambda i: self._decode_row(columns, i), rows))
         out = self._assemble(columns, results)
         logger.debug(
@@ -691,9 +691,11 @@ class DecodeStage:
         return [decoder.child_pid for decoder in self._decoders]
 
     def close(self) -> None:
-        """Stop the decoder processes (they also exit on their own when this process dies)."""
+        """Stop the decoder processes (they also exit on their own when this process dies);
+        the stage stays usable and starts them again on its next batch."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+            self._pool = None
         for decoder in self._decoders:
             decoder.close()
 

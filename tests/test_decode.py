@@ -422,6 +422,9 @@ def test_stage_accepts_arrow_batches_and_odd_values(media):
     assert pid is not None
     stage.close()
     assert stage.child_pids == [None]
+    again = stage(table.slice(1, 1))  # usable after close: the decoder restarts
+    assert list(again[schema.STATUS]) == ["ok"] and stage.child_pids != [None]
+    stage.close()
 
 
 def test_child_environment_has_no_aws_credentials(monkeypatch):
