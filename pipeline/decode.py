@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, NamedTuple
@@ -631,6 +631,52 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:1000]
 
 
+class DecoderPool:
+    """`size` :class:`IsolatedDecoder` processes shared by as many threads.
+
+    `map(fn, items)` calls `fn(decoder, item)` for every item, each call holding a decoder
+    of its own, and returns the results in input order. The threads only wait on pipes (the
+    decoding happens in the processes), so one Python process keeps `size` cores busy.
+    Decoder processes start on first use and again after `close()`.
+    """
+
+    def __init__(self, config: DecodeConfig, size: int = 1) -> None:
+        if size < 1:
+            raise ValueError("decoders must be >= 1")
+        self.decoders = [IsolatedDecoder(config) for _ in range(size)]
+        self._free: queue.SimpleQueue[IsolatedDecoder] = queue.SimpleQueue()
+        for decoder in self.decoders:
+            self._free.put(decoder)
+        self._threads: ThreadPoolExecutor | None = None
+
+    def map(self, fn: Callable[[IsolatedDecoder, Any], Any], items: Iterable[Any]) -> list:
+        def call(item: Any) -> Any:
+            decoder = self._free.get()
+            try:
+                return fn(decoder, item)
+            finally:
+                self._free.put(decoder)
+
+        if len(self.decoders) == 1:
+            return [call(item) for item in items]
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(len(self.decoders), thread_name_prefix="decode")
+        return list(self._threads.map(call, items))  # in input order
+
+    @property
+    def child_pids(self) -> list[int | None]:
+        """PIDs of the decoder processes (None: not started yet, or stopped)."""
+        return [decoder.child_pid for decoder in self.decoders]
+
+    def close(self) -> None:
+        """Stop the decoder processes (they also exit on their own when this process dies)."""
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+            self._threads = None
+        for decoder in self.decoders:
+            decoder.close()
+
+
 # ---- Ray Data stage ---------------------------------------------------------------------
 
 
@@ -638,11 +684,9 @@ class DecodeStage:
     """Ray Data callable class: manifest batch → one row per clip, one row per failure.
 
     Used as `ds.map_batches(DecodeStage, fn_constructor_kwargs={"config": cfg},
-    batch_format="numpy" or "pyarrow", ...)`. Each actor owns `decoders`
-    :class:`IsolatedDecoder` processes and spreads a batch's videos over them with as many
-    threads (the threads only wait on pipes; the decoding happens in the processes), so one
-    Ray actor can keep several cores busy: fewer actors per node means less of Ray's
-    per-worker start-up and memory.
+    batch_format="numpy" or "pyarrow", ...)`. Each actor spreads a batch's videos over a
+    :class:`DecoderPool` of `decoders` processes, so one Ray actor can keep several cores
+    busy: fewer actors per node means less of Ray's per-worker start-up and memory.
 
     Output columns: video_id, uri (redacted), clip_index (int32, -1 on error rows),
     clip_start_s, clip_end_s (float64, NaN on error rows), frames (uint8
@@ -654,28 +698,16 @@ class DecodeStage:
     """
 
     def __init__(self, config: DecodeConfig, decoders: int = 1) -> None:
-        if decoders < 1:
-            raise ValueError("decoders must be >= 1")
         self.config = config
-        self._decoders = [IsolatedDecoder(config) for _ in range(decoders)]
-        self._free: queue.SimpleQueue[IsolatedDecoder] = queue.SimpleQueue()
-        for decoder in self._decoders:
-            self._free.put(decoder)
-        self._pool: ThreadPoolExecutor | None = None
+        self._decoders = DecoderPool(config, decoders)
 
     def __call__(self, batch: dict[str, np.ndarray] | pa.Table) -> dict[str, np.ndarray]:
         columns = _numpy_columns(batch)
         num_rows = len(columns[schema.VIDEO_ID])
         started = time.perf_counter()
-        rows = range(num_rows)
-        if len(self._decoders) == 1:
-            results = [self._decode_row(columns, i) for i in rows]
-        else:  # in input order, whichever decoder finishes first
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(
-                    len(self._decoders), thread_name_prefix="vidcat-decode"
-                )
-            results = list(self._pool.map(lambda i: self._decode_row(columns, i), rows))
+        results = self._decoders.map(
+            lambda decoder, i: self._decode_row(decoder, columns, i), range(num_rows)
+        )
         out = self._assemble(columns, results)
         logger.debug(
             "decoded %d videos into %d rows in %.2f s",
@@ -688,24 +720,19 @@ class DecodeStage:
     @property
     def child_pids(self) -> list[int | None]:
         """PIDs of the decoder processes (None: not started yet, or stopped)."""
-        return [decoder.child_pid for decoder in self._decoders]
+        return self._decoders.child_pids
 
     def close(self) -> None:
         """Stop the decoder processes (they also exit on their own when this process dies);
         the stage stays usable and starts them again on its next batch."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        for decoder in self._decoders:
-            decoder.close()
+        self._decoders.close()
 
     def _decode_row(
-        self, columns: dict[str, np.ndarray], i: int
+        self, decoder: IsolatedDecoder, columns: dict[str, np.ndarray], i: int
     ) -> tuple[str, DecodeResult, float]:
         video_id = str(columns[schema.VIDEO_ID][i])
         uri = _cell(columns, schema.URI, i)
         video_started = time.perf_counter()
-        decoder = self._free.get()
         try:
             result = decoder.decode(
                 uri,
@@ -719,8 +746,6 @@ class DecodeStage:
             result = DecodeResult(
                 Status.DECODE_ERROR, redact_uri(uri), f"internal error: {type(exc).__name__}"
             )
-        finally:
-            self._free.put(decoder)
         if result.status is not Status.OK:
             logger.warning(
                 "decode failed: video_id=%s uri=%s status=%s: %s",

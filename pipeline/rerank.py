@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -37,7 +35,7 @@ from lancedb.expr import col
 from models.internvideo2 import InternVideo2
 
 from . import schema
-from .decode import DecodeConfig, IsolatedDecoder
+from .decode import DecodeConfig, DecoderPool, IsolatedDecoder
 from .schema import Status
 
 logger = logging.getLogger(__name__)
@@ -196,9 +194,7 @@ class Reranker:
         self.decode = decode
         self.expected_signature = expected_signature
         self.config = config or RerankConfig()
-        self._decoders: list[IsolatedDecoder] = []
-        self._free: queue.SimpleQueue[IsolatedDecoder] = queue.SimpleQueue()
-        self._pool: ThreadPoolExecutor | None = None
+        self._decoders = DecoderPool(decode, self.config.decoders)
         self._decode_seconds = 0.0
         #: What the last call did: `source`, `scored`, `unscored` clips and wall seconds
         #: (`seconds` in all, `tokens_seconds` to get the tokens, of which `decode_seconds`
@@ -207,11 +203,7 @@ class Reranker:
 
     def close(self) -> None:
         """Stop the decoder processes (they restart on the next recompute)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        for decoder in self._decoders:
-            decoder.close()
+        self._decoders.close()
 
     def rerank(
         self,
@@ -288,12 +280,6 @@ class Reranker:
         row's signature is not `expected_signature`, or the frames picked differ from the
         row's `frame_indices`.
         """
-        if not self._decoders:
-            self._decoders = [IsolatedDecoder(self.decode) for _ in range(self.config.decoders)]
-            for decoder in self._decoders:
-                self._free.put(decoder)
-        if self._pool is None and self.config.decoders > 1:
-            self._pool = ThreadPoolExecutor(self.config.decoders, thread_name_prefix="rerank")
         started = time.perf_counter()
         rows = []
         for row in candidates.select(list(CANDIDATE_COLUMNS)).to_pylist():
@@ -308,11 +294,7 @@ class Reranker:
                 continue
             rows.append(row)
         # The candidates' decodes are independent: spread them over the decoder processes.
-        decoded = (
-            list(self._pool.map(self._decode_clip, rows))
-            if self._pool is not None
-            else [self._decode_clip(row) for row in rows]
-        )
+        decoded = self._decoders.map(self._decode_clip, rows)
         ids, frames, stored = [], [], []
         for row, clip in zip(rows, decoded, strict=True):
             if clip is not None:
@@ -336,14 +318,10 @@ class Reranker:
                 out[cid] = tokens[j]
         return out
 
-    def _decode_clip(self, row: dict) -> np.ndarray | None:
+    def _decode_clip(self, decoder: IsolatedDecoder, row: dict) -> np.ndarray | None:
         """uint8 frames `[T, H, W, 3]` of one candidate, or None when they differ or fail."""
         cid, start, end = row[schema.CLIP_ID], row[schema.CLIP_START_S], row[schema.CLIP_END_S]
-        decoder = self._free.get()
-        try:
-            result = decoder.decode(row[schema.URI], start_s=start, end_s=end)
-        finally:
-            self._free.put(decoder)
+        result = decoder.decode(row[schema.URI], start_s=start, end_s=end)
         if result.status is not Status.OK:
             logger.warning(
                 "clip %s: re-decode of %s failed: %s: %s",

@@ -238,8 +238,8 @@ def test_batch_with_every_kind_of_bad_row(media, s3_bucket, caplog, decoders):
     stage.close()
     # With several decoders the batch ran in parallel: more than one feeding thread started
     # a decoder process (each thread grabs its own decoder before any child is up).
-    starters = {r.threadName for r in caplog.records if "process" in r.getMessage()
-                and r.getMessage().endswith("started")}  # fmt: skip
+    messages = [(r.threadName, r.getMessage()) for r in caplog.records]
+    starters = {t for t, m in messages if m.startswith("decoder process") and m.endswith("started")}
     assert starters == {"MainThread"} if decoders == 1 else len(starters) >= 2
     assert list(out[schema.VIDEO_ID]) == [r[0] for r in rows]
 
