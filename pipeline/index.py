@@ -209,11 +209,17 @@ def config_for_table(
     tuned preset of the type found (an index built by `jobs/build_index.py --index-type`),
     so probes and beam widths always match the index they are used on.
     """
-    found = vector_index_type(table)
+    return _config_for_type(vector_index_type(table), default)
+
+
+def _config_for_type(found: str | None, default: IndexConfig) -> IndexConfig:
+    """`default`, or the preset of the index type `found` with `default`'s other settings."""
     if found is None or found == default.index_type:
         return default
     if found not in _PRESETS:
-        logger.warning("index type %s has no tuned preset: searching with the default", found)
+        logger.warning(
+            "index type %s has no tuned preset: using %s's parameters", found, default.index_type
+        )
         return default
     keep = ("min_rows_for_index", "btree_columns", "bitmap_columns", "retrain_growth")
     return IndexConfig.preset(found, **{name: getattr(default, name) for name in keep})
@@ -300,9 +306,8 @@ def update_index(table: lancedb.table.Table, config: IndexConfig = IndexConfig()
             return {"action": "build", **build_index(table, config)}
         table.optimize()
         return {"action": "optimize", "rows": num_rows}
-    if stats.index_type != config.index_type and stats.index_type in _PRESETS:
-        # An operator chose another type with build_index.py: retrain keeps their choice.
-        config = config_for_table(table, config)
+    # An operator may have chosen another type with build_index.py: retrain keeps it.
+    config = _config_for_type(stats.index_type, config)
     trained = _trained_rows(table) or stats.num_indexed_rows
     grown = num_rows > config.retrain_growth * trained
     backlog = stats.num_unindexed_rows > config.retrain_backlog * stats.num_indexed_rows
