@@ -57,18 +57,23 @@ def _init_worker(params: dict, niceness: int) -> None:
     _PARAMS.update(params)
 
 
-def _fetch_and_decode(job: tuple[str, tuple[str, ...], str]) -> int:
+def _decode_local(uri: str, roots: tuple[str, ...], base_dir: str, params: dict):
     """What the isolated decoder does for a local file, in-process: resolve + stat, then
-    probe, decode, sample and resize. Returns the clip count (frames stay here)."""
+    probe, decode, sample and resize. Returns the frames `[clips, T, H, W, 3]`."""
     from pipeline._decode_worker import decode_path
     from pipeline.uris import resolve_uri
 
-    uri, roots, base_dir = job
     path = resolve_uri(uri, roots, base_dir).path
     os.stat(path)
-    header, frames = decode_path(path, _PARAMS)
+    header, frames = decode_path(path, params)
     assert header["status"] == "ok", header
-    return int(frames.shape[0])
+    return frames
+
+
+def _fetch_and_decode(job: tuple[str, tuple[str, ...], str]) -> int:
+    """The baseline pool's task: one video, frames dropped; returns its clip count."""
+    uri, roots, base_dir = job
+    return int(_decode_local(uri, roots, base_dir, _PARAMS).shape[0])
 
 
 def _process_name(pid: int) -> str:
@@ -242,24 +247,13 @@ def _naive_decode(batch: dict, params: dict, root: str) -> dict:
 
     from pipeline import schema
 
-    frames = [_fetch_and_decode_frames(uri, root, params)[0] for uri in batch["uri"]]
+    frames = [_decode_local(uri, (root,), root, params)[0] for uri in batch["uri"]]
     n = len(frames)
     return {
         schema.FRAMES: np.stack(frames),
         schema.STATUS: np.array(["ok"] * n, dtype=object),
         schema.MESSAGE: np.array([""] * n, dtype=object),
     }
-
-
-def _fetch_and_decode_frames(uri: str, root: str, params: dict):
-    from pipeline._decode_worker import decode_path
-    from pipeline.uris import resolve_uri
-
-    path = resolve_uri(uri, (root,), root).path
-    os.stat(path)
-    header, frames = decode_path(path, params)
-    assert header["status"] == "ok", header
-    return frames
 
 
 def time_naive(manifest: str, params: dict, cpus: int) -> dict:
