@@ -27,6 +27,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -163,6 +164,9 @@ class CatalogSearch:
         device: `auto`, `cpu` or `cuda` for a :class:`ModelSpec`.
         index: ANN search parameters; None: the tuned preset of the index type the table
             has (`IndexConfig.preset`), looked up again when the table's version changes.
+        index_recheck: how often, at most, to read the table's version to notice an index
+            rebuilt as another type (each check is a metadata read: ~0.3 ms on local disk,
+            a request on S3); until then searches keep the previous type's parameters.
         rerank_tokens: vision-token source for re-ranking: `auto`, `stored`, `recompute`.
         rerank_decoders: decoder processes re-decoding candidates in parallel when tokens
             are recomputed (default: `RerankConfig`'s, up to 4).
@@ -183,12 +187,14 @@ class CatalogSearch:
         rerank_tokens: str = "auto",
         rerank_decoders: int | None = None,
         read_consistency_interval: timedelta = timedelta(0),
+        index_recheck: timedelta = timedelta(seconds=5),
     ) -> None:
         if rerank_tokens not in TOKEN_SOURCES:
             raise QueryError(f"rerank_tokens must be one of {TOKEN_SOURCES}")
         self.db_uri, self.table_name = db_uri, table
         self.model, self.device = model, device
         self._index_arg, self._index_for = index, None
+        self._index_recheck_s, self._index_checked = index_recheck.total_seconds(), -math.inf
         self.rerank_tokens = rerank_tokens
         self._rerank_config = RerankConfig(tokens=rerank_tokens)
         if rerank_decoders is not None:
@@ -331,9 +337,12 @@ class CatalogSearch:
         """Search parameters in use: `index=` if given, else those of the table's index."""
         if self._index_arg is not None:
             return self._index_arg
-        version = self.table.version
-        if self._index_for is None or self._index_for[0] != version:
-            self._index_for = (version, config_for_table(self.table))
+        now = time.monotonic()
+        if self._index_for is None or now - self._index_checked >= self._index_recheck_s:
+            self._index_checked = now
+            version = self.table.version
+            if self._index_for is None or self._index_for[0] != version:
+                self._index_for = (version, config_for_table(self.table))
         return self._index_for[1]
 
     @property

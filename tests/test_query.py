@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 
 import lancedb
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 from media import write_video
 
 from models.internvideo2.tokenizer import tokenize
-from pipeline import schema
+from pipeline import query, schema
 from pipeline.decode import DecodeConfig, DecodeStage
 from pipeline.embed import EmbedConfig, EmbedStage, ModelSpec
 from pipeline.index import IndexConfig, build_index
@@ -219,7 +220,7 @@ def test_searcher_uses_the_presets_of_the_index_the_table_has(tmp_path):
     write_clips(
         db, "videos", [{"video_id": f"v{i}", "embedding": e} for i, e in enumerate(vectors)]
     )
-    search = CatalogSearch(db)
+    search = CatalogSearch(db, index_recheck=timedelta(0))
     assert search.index == IndexConfig()
     other = lancedb.connect(db).open_table("videos")
     build_index(other, IndexConfig.preset("IVF_SQ", min_rows_for_index=100))
@@ -227,6 +228,38 @@ def test_searcher_uses_the_presets_of_the_index_the_table_has(tmp_path):
     assert search.text("q", k=1, vector=vectors[42])["video_id"][0].as_py() == "v42"
     pinned = CatalogSearch(db, index=IndexConfig())
     assert pinned.index == IndexConfig()
+
+
+def test_searcher_reads_the_table_version_at_most_once_per_recheck_period(tmp_path, monkeypatch):
+    """Each version read is a metadata request (one more per query on S3): queries within
+    `index_recheck` reuse the parameters; the first query after it notices a new index."""
+    db = str(tmp_path / "db")
+    vectors = unit(np.random.default_rng(3).normal(size=(300, 512)))
+    write_clips(
+        db, "videos", [{"video_id": f"v{i}", "embedding": e} for i, e in enumerate(vectors)]
+    )
+    clock = [1000.0]
+    monkeypatch.setattr(query.time, "monotonic", lambda: clock[0])
+    search = CatalogSearch(db, index_recheck=timedelta(seconds=5))
+    reads = []
+    table_type = type(search.table)
+    original = table_type.version
+    monkeypatch.setattr(
+        table_type,
+        "version",
+        property(lambda t: (t is search.table and reads.append(1)) or original.fget(t)),
+    )
+    assert search.index == IndexConfig() and len(reads) == 1
+    build_index(
+        lancedb.connect(db).open_table("videos"),
+        IndexConfig.preset("IVF_SQ", min_rows_for_index=100),
+    )
+    clock[0] += 4.9
+    for _ in range(3):
+        assert search.index == IndexConfig()
+    assert len(reads) == 1
+    clock[0] += 0.1
+    assert search.index.index_type == "IVF_SQ" and len(reads) == 2
 
 
 def test_video_query_goes_through_the_pipeline_decode_and_model(tmp_path):
