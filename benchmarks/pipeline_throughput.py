@@ -11,6 +11,13 @@ reassembly and LanceDB commits. Ray is started before the job is timed (producti
 to a running cluster); its start is reported apart. The job's resources are
 `jobs/embed_catalog.py`'s CPU defaults.
 
+The baseline only decodes while the job also embeds on the same cores, so the run also
+times an upper bound for any pipeline on this machine: the same pool where each process
+also embeds its videos in-process (the job's model, `encode_frames`, encoder batch size),
+with no isolation, no transfer between processes and nothing written. "decode+embed pool /
+baseline" is the best ratio any design could reach here; "job / decode+embed pool" is what
+the job's orchestration (Ray, isolation, sink, start-up) costs on top.
+
 Besides wall time, the CPU seconds of every process of each side are summed from /proc
 (job: driver, Ray daemons, actors, decode children) and printed per kind of process: on a
 machine shared with other work, CPU per video is the steadier number, and when the job
