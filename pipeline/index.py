@@ -97,7 +97,9 @@ class IndexConfig:
             search is a flat (exact) scan; measured crossover ~1.5-2k rows (an exact scan
             costs ~3 µs/row, an indexed query ~5-6 ms of mostly fixed overhead).
         nprobes: IVF partitions searched per query.
-        ef: HNSW search beam width (IVF_HNSW_* only); None leaves LanceDB's 1.5 * k.
+        ef: HNSW search beam width (IVF_HNSW_* only), raised to `k * refine_factor` for
+            larger queries (HNSW cannot return more candidates than its beam); None leaves
+            LanceDB's 1.5 * k.
         refine_factor: re-rank `refine_factor * k` candidates with the full-precision
             vectors. Required (>= 1) for quantized indices: without it LanceDB 0.40
             returns their internal quantized distance (not 1 - cosine) as `_distance`.
@@ -221,7 +223,16 @@ def _config_for_type(found: str | None, default: IndexConfig) -> IndexConfig:
             "index type %s has no tuned preset: using %s's parameters", found, default.index_type
         )
         return default
-    keep = ("min_rows_for_index", "btree_columns", "bitmap_columns", "retrain_growth")
+    keep = (
+        "min_partitions",
+        "max_partitions",
+        "sample_rate",
+        "min_rows_for_index",
+        "btree_columns",
+        "bitmap_columns",
+        "retrain_growth",
+        "retrain_backlog",
+    )
     return IndexConfig.preset(found, **{name: getattr(default, name) for name in keep})
 
 
@@ -363,7 +374,9 @@ def vector_query(
     # filtered 1M-row query 7x slower. `vector_search` covers the short-result case.
     builder = builder.nprobes(config.nprobes)
     if config.ef is not None:
-        builder = builder.ef(config.ef)
+        # HNSW refuses a beam narrower than the candidates it must return (k, times the
+        # refine factor): widen it for large k rather than fail the query.
+        builder = builder.ef(max(config.ef, k * (config.refine_factor or 1)))
     if config.refine_factor is not None:
         builder = builder.refine_factor(config.refine_factor)
     return builder

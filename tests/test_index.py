@@ -323,6 +323,18 @@ def test_search_and_retrain_follow_the_index_type_the_table_has(table, centres):
         2,
     )
     assert found.bitmap_columns == TINY.bitmap_columns
+    # The operator's build and retrain settings carry over; only the search ones follow
+    # the type found.
+    tuned = dataclasses.replace(
+        TINY, retrain_backlog=0.2, retrain_growth=3.0, max_partitions=64, sample_rate=128
+    )
+    kept = config_for_table(tbl, tuned)
+    assert (kept.retrain_backlog, kept.retrain_growth, kept.max_partitions, kept.sample_rate) == (
+        0.2,
+        3.0,
+        64,
+        128,
+    )
     top = vector_search(tbl, vectors[7], 1, config=found)
     assert top[CLIP_ID][0].as_py() == "c000007"
     more, labels = clustered(centres, ROWS + 500, seed=51)
@@ -331,3 +343,19 @@ def test_search_and_retrain_follow_the_index_type_the_table_has(table, centres):
     assert report["action"] == "retrain"
     assert report["vector_index"]["type"] == "IVF_HNSW_SQ"
     assert vector_index_type(tbl) == "IVF_HNSW_SQ"
+
+
+def test_hnsw_search_returns_k_rows_when_k_times_refine_exceeds_ef(table, centres):
+    """HNSW refuses a beam (`ef`) narrower than the candidates it returns (k x refine): with
+    the default ef of 100 and refine 2, every query for more than 50 rows failed outright."""
+    tbl, vectors, _ = table
+    cfg = dataclasses.replace(TINY, index_type="IVF_HNSW_SQ", ef=20)
+    build_index(tbl, cfg)
+    query = clustered(centres, 1, seed=11)[0][0]
+    found = vector_search(tbl, query, 60, config=cfg)
+    assert found.num_rows == 60
+    assert len(set(found[CLIP_ID].to_pylist()) & set(exact_ids(vectors, query, 60))) >= 54
+    near = vector_search(
+        tbl, query, 60, where="category = 'near'", config=cfg, columns=[CLIP_ID, "category"]
+    )
+    assert near.num_rows == 60 and set(near["category"].to_pylist()) == {"near"}
