@@ -37,7 +37,13 @@ RESERVED = frozenset(
     schema.embeddings_schema().names
     + schema.errors_schema().names
     + schema.vision_tokens_schema().names
-    + [schema.FRAMES, *schema.MANIFEST_OPTIONAL]
+    + [
+        schema.FRAMES,
+        schema.NUM_CLIPS,
+        schema.DECODE_SECONDS,
+        schema.EMBED_SECONDS,
+        *schema.MANIFEST_OPTIONAL,
+    ]
 )
 
 

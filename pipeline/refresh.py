@@ -11,10 +11,12 @@ Per manifest row (incremental mode):
 * not in the table or the errors table → **new**;
 * embedded with the same content version and model signature, and no error since →
   **skipped** (no fetch);
-* in the errors table with a retryable status (`fetch_error`, `timeout`,
-  `decoder_crash`) → **retried**; with another status and unchanged version and
-  signature → **skipped** (a deterministic failure is not retried every night);
-* anything else (new version, new signature) → **changed**.
+* in the errors table with a retryable status (`schema.RETRYABLE`: `fetch_error`,
+  `timeout`, `decoder_crash`, `embed_error`) → **retried**; with another status and
+  unchanged version and signature → **skipped** (a deterministic failure is not retried
+  every night);
+* anything else (new version, new signature) → **changed**. An empty `version` counts as
+  none: the version recorded is then the object's ETag / size+mtime, looked up again.
 
 Full mode embeds every row (counted as new/changed). With `prune`, videos in the table
 or the errors table that are gone from the manifest are deleted.
@@ -48,6 +50,7 @@ logger = logging.getLogger(__name__)
 #: Target rows per bucket: bounds the driver's memory during the diff.
 BUCKET_ROWS = 250_000
 _READ_BATCH = 65_536
+_ROW = "__vidcat_manifest_row"
 _RETRYABLE = pa.array(sorted(s.value for s in schema.RETRYABLE))
 
 
@@ -367,7 +370,11 @@ def _plan_bucket(plan, m, s, e, signature, mode, prune, version_of, block_rows) 
             plan.prune_refs.append((ray.put(gone), len(gone)))
     if not len(m):
         return
-    j = m.join(s, schema.VIDEO_ID, join_type="left outer").join(
+    # Only the keys go through the joins (Arrow cannot join list/struct/map columns, and
+    # metadata names must not meet the state's); rows to embed are taken from `m` by number.
+    keys = [c for c in (schema.VIDEO_ID, schema.URI, schema.VERSION) if c in m.column_names]
+    numbered = m.select(keys).append_column(_ROW, pa.array(np.arange(len(m), dtype=np.int64)))
+    j = numbered.join(s, schema.VIDEO_ID, join_type="left outer").join(
         e, schema.VIDEO_ID, join_type="left outer"
     )
     n = len(j)
@@ -378,6 +385,8 @@ def _plan_bucket(plan, m, s, e, signature, mode, prune, version_of, block_rows) 
         embed, retried = pa.array(np.ones(n, bool)), pa.array(np.zeros(n, bool))
     else:
         have = j[schema.VERSION] if schema.VERSION in j.column_names else pa.nulls(n, pa.string())
+        # An empty version is no version: decode records the ETag / size+mtime instead.
+        have = pc.if_else(pc.equal(have, ""), pa.scalar(None, pa.string()), have)
         version = _resolve_versions(plan, j, have, pc.invert(new), version_of)
         uri = redact_uris(j[schema.URI])
         unchanged_t = pc.and_(
@@ -409,7 +418,7 @@ def _plan_bucket(plan, m, s, e, signature, mode, prune, version_of, block_rows) 
     plan.retried += n_retried
     plan.changed += n_embed - n_new - n_retried
     plan.skipped += n - n_embed
-    rows = j.filter(embed).select(m.column_names)
+    rows = m.take(np.sort(j[_ROW].filter(embed).to_numpy()))
     for start in range(0, len(rows), block_rows):
         block = rows.slice(start, block_rows)
         plan.embed_refs.append((ray.put(block), len(block), block_metadata(block)))

@@ -77,8 +77,12 @@ class Status(enum.StrEnum):
     EMBED_ERROR = "embed_error"  # the model raised on this clip's batch
 
 
-#: Failures worth retrying on the next incremental run (transient by nature).
-RETRYABLE = frozenset({Status.FETCH_ERROR, Status.TIMEOUT, Status.DECODER_CRASH})
+#: Failures worth retrying on the next incremental run (transient by nature). `embed_error`
+#: is a batch the model raised on (device out of memory, driver error) or clips lost in the
+#: pipeline; a video whose embedding is non-finite again costs one more embed per run.
+RETRYABLE = frozenset(
+    {Status.FETCH_ERROR, Status.TIMEOUT, Status.DECODER_CRASH, Status.EMBED_ERROR}
+)
 
 
 def embeddings_schema(metadata_fields: tuple[pa.Field, ...] = ()) -> pa.Schema:

@@ -140,11 +140,16 @@ def test_type_conflicts_between_files(tmp_path):
     [
         (["nope"], r"unknown metadata column\(s\) \['nope'\]"),
         (["model"], r"\['model'\] clash"),
+        # Columns the stages add between decode and the sink clash as well.
+        (["num_clips", "embed_seconds"], r"\['num_clips', 'embed_seconds'\] clash"),
         ("title", "must be 'all', 'none' or a list"),
     ],
 )
 def test_metadata_selection_errors(tmp_path, selection, match):
-    path = write(tmp_path / "m.parquet", rows(["a"], title=["x"], model=["m"]))
+    path = write(
+        tmp_path / "m.parquet",
+        rows(["a"], title=["x"], model=["m"], num_clips=[3], embed_seconds=[0.5]),
+    )
     with pytest.raises(ManifestError, match=match):
         validate_manifest(path, metadata_columns=selection)
 

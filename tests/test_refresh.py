@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 
 from pipeline import schema
 from pipeline.refresh import (
+    RefreshPlan,
     _collapse_state,
+    _plan_bucket,
     block_metadata,
     dataset_from_refs,
     fnv1a64,
@@ -105,3 +108,97 @@ def test_rank_coded_collapse_equals_string_min_max():
     assert got.to_pylist() == want.to_pylist()
     row = got.filter(pc.equal(got[schema.VIDEO_ID], "same")).to_pylist()[0]
     assert row["t_signature"] == "sigA" and row["t_version"] == "7"
+
+
+def _bucket(ray_cluster, m: pa.Table, s: pa.Table | None = None, e: pa.Table | None = None,
+            version_of=None) -> RefreshPlan:  # fmt: skip
+    """Plan one bucket in incremental mode, with the run signature "sig"."""
+    empty_state = pa.table({c: pa.array([], pa.string()) for c in _STATE})
+    empty_errors = pa.table({c: pa.array([], pa.string()) for c in _ERRORS})
+    plan = RefreshPlan(mode="incremental")
+    _plan_bucket(
+        plan,
+        m,
+        empty_state if s is None else s,
+        empty_errors if e is None else e,
+        "sig",
+        "incremental",
+        False,
+        version_of,
+        16,
+    )
+    return plan
+
+
+_STATE = (schema.VIDEO_ID, schema.CONTENT_VERSION, schema.SIGNATURE, schema.URI)
+_ERRORS = (schema.VIDEO_ID, schema.STATUS, schema.CONTENT_VERSION, schema.SIGNATURE, schema.URI)
+
+
+def _planned_rows(ray, plan: RefreshPlan) -> pa.Table:
+    return pa.concat_tables([ray.get(ref) for ref, _, _ in plan.embed_refs])
+
+
+def test_nested_metadata_columns_reach_the_rows_to_embed(ray_cluster):
+    """Arrow cannot join list/struct/map columns: only keys are joined, rows are taken."""
+    m = pa.table(
+        {
+            schema.VIDEO_ID: ["b", "a", "c"],
+            schema.URI: ["s3://x/b.mp4", "s3://x/a.mp4", "s3://x/c.mp4"],
+            "tags": pa.array([["x", "y"], [], None], pa.list_(pa.string())),
+            "info": pa.array([{"w": 1}, {"w": 2}, {"w": 3}]),
+            "props": pa.array([[("k", "v")], [], [("a", "b")]], pa.map_(pa.string(), pa.string())),
+            "t_uri": ["clash?", "no", "no"],  # the state's join column names are no problem
+        }
+    )
+    s = pa.table(
+        {
+            schema.VIDEO_ID: ["a"],
+            schema.CONTENT_VERSION: ["etag-a"],
+            schema.SIGNATURE: ["sig"],
+            schema.URI: ["s3://x/a.mp4"],
+        }
+    )
+    plan = _bucket(ray_cluster, m, s, version_of=lambda uris: ["etag-a"] * len(uris))
+    assert (plan.new, plan.skipped) == (2, 1)
+    rows = _planned_rows(ray_cluster, plan)
+    assert rows.schema == m.schema
+    assert (
+        rows.to_pylist() == m.filter(pc.is_in(m[schema.VIDEO_ID], pa.array(["b", "c"]))).to_pylist()
+    )
+
+
+def test_empty_manifest_version_is_looked_up_like_a_missing_one(ray_cluster):
+    """Decode records the ETag for `version == ""`; the plan compares against the same."""
+    m = pa.table({schema.VIDEO_ID: ["a"], schema.URI: ["s3://x/a.mp4"], schema.VERSION: [""]})
+    s = pa.table(
+        {
+            schema.VIDEO_ID: ["a"],
+            schema.CONTENT_VERSION: ["etag-1"],
+            schema.SIGNATURE: ["sig"],
+            schema.URI: ["s3://x/a.mp4"],
+        }
+    )
+    asked = []
+    unchanged = _bucket(ray_cluster, m, s, version_of=lambda uris: asked.extend(uris) or ["etag-1"])
+    assert (unchanged.skipped, unchanged.changed, asked) == (1, 0, ["s3://x/a.mp4"])
+    changed = _bucket(ray_cluster, m, s, version_of=lambda uris: ["etag-2"])
+    assert (changed.skipped, changed.changed) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("status", "retried"),
+    [("embed_error", True), ("timeout", True), ("fetch_error", True), ("decode_error", False)],
+)
+def test_transient_failures_are_retried_deterministic_ones_skipped(ray_cluster, status, retried):
+    m = pa.table({schema.VIDEO_ID: ["a"], schema.URI: ["s3://x/a.mp4"], schema.VERSION: ["1"]})
+    e = pa.table(
+        {
+            schema.VIDEO_ID: ["a"],
+            schema.STATUS: [status],
+            schema.CONTENT_VERSION: ["1"],
+            schema.SIGNATURE: ["sig"],
+            schema.URI: ["s3://x/a.mp4"],
+        }
+    )
+    plan = _bucket(ray_cluster, m, e=e)
+    assert (plan.retried, plan.skipped) == ((1, 0) if retried else (0, 1))
