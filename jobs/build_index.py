@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.decode import S3Config
 from pipeline.index import IndexConfig, build_index
-from pipeline.sink import open_table
+from pipeline.sink import TableSchemaError, open_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     config = IndexConfig.preset(args.index_type, min_rows_for_index=args.min_rows)
     try:
         table = open_table(args.db, args.table, options)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, TableSchemaError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(build_index(table, config, replace=not args.keep_existing), indent=2))

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.decode import S3Config
 from pipeline.lifecycle import list_tags, rollback
+from pipeline.sink import TableSchemaError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(list_tags(args.db, args.table, options), indent=2))
         else:
             print(json.dumps(rollback(args.db, args.table, args.to, options), indent=2))
-    except (KeyError, FileNotFoundError) as exc:
+    except (KeyError, FileNotFoundError, TableSchemaError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     return 0

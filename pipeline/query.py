@@ -48,7 +48,7 @@ from .index import SCORE, IndexConfig, config_for_table, vector_search
 from .rerank import CANDIDATE_COLUMNS, RERANK_SCORE, TOKEN_SOURCES, RerankConfig, Reranker
 from .schema import Status
 from .sink import TableSchemaError, open_table
-from .uris import redact_uri
+from .uris import UriRejected, redact_uri, resolve_uri
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,12 @@ TINY_VOCAB_WORDS = (
     *["red", "green", "blue", "yellow", "purple", "orange", "white", "black", "cyan", "pink"],
     *["square", "circle", "triangle", "left", "right", "up", "down"],
     *["moving", "on", "the", "background", "video", "of", "and", "with"],
+)
+#: `DecodeConfig` fields of a run that decide which frames a clip gets or whether its decode
+#: succeeds: a re-decode must use the run's values, not the defaults.
+RUN_DECODE_FIELDS = (
+    *("num_frames", "size", "clip_seconds", "clip_overlap_s", "decoder", "timeout_s"),
+    *("memory_limit_mb", "max_width", "max_height", "max_duration_s", "max_attempts"),
 )
 
 
@@ -96,8 +102,10 @@ def decode_config_of_runs(db_uri: str, table: str, s3: S3Config) -> DecodeConfig
     """Decode settings of the latest pipeline run on `table`, from its resolved config.
 
     The run writes `<db>/_vidcat/<table>/runs/<run_id>.config.json` with the resolved decode
-    settings: frame count, frame size and clip windows reproduce the clips, `base_dir` and
-    `allowed_roots` locate and admit their URIs.
+    settings: frame count, frame size and clip windows reproduce the clips; the decoder, the
+    timeout, memory cap, size limits and attempts (:data:`RUN_DECODE_FIELDS`) decide whether
+    a decode succeeds as it did in the run; `base_dir` and `allowed_roots` locate and admit
+    their URIs.
     Returns None when no readable run config exists.
     """
     from .storage import filesystem_for, read_json
@@ -111,9 +119,8 @@ def decode_config_of_runs(db_uri: str, table: str, s3: S3Config) -> DecodeConfig
             return None
         cfg = read_json(f"{runs}/{names[-1]}", s3)
         decode = cfg["decode"]
-        keys = ("num_frames", "size", "clip_seconds", "clip_overlap_s", "timeout_s")
         return DecodeConfig(
-            **{k: decode[k] for k in keys if k in decode},
+            **{k: decode[k] for k in RUN_DECODE_FIELDS if k in decode},
             allowed_roots=tuple(decode.get("allowed_roots") or ()),
             base_dir=decode.get("base_dir"),
             s3=S3Config(**cfg["s3"]),
@@ -133,6 +140,18 @@ class _PrebuiltEncoder:
 
     def embed_frames(self, frames: np.ndarray):
         return encode_frames(self.model, frames)
+
+
+def _local_query_path(path_or_uri: str) -> str:
+    """A local query video (a path, relative to the working directory, or a `file://` URI)
+    as its absolute, symlink-free path; any other URI unchanged, for the decoder to judge."""
+    try:
+        # "/" admits every local path: this call only parses and resolves it; the decode's
+        # allowed root is the file's own directory (`_query_decoder`).
+        resolved = resolve_uri(path_or_uri, allowed_roots=("/",), base_dir=os.getcwd())
+    except UriRejected:
+        return path_or_uri  # the decoder rejects it again, with the same message
+    return resolved.path if resolved.kind == "local" else path_or_uri
 
 
 def _check_k(name: str, k: Any) -> int:
@@ -291,7 +310,8 @@ class CatalogSearch:
             raise QueryError("the query video path is empty")
         k = _check_k("k", k)
         encoder = self._get_encoder()
-        decoded = self._query_decoder(path_or_uri).decode(path_or_uri)
+        uri = _local_query_path(path_or_uri)
+        decoded = self._query_decoder(uri).decode(uri)
         if decoded.status is not Status.OK:
             raise QueryError(
                 f"cannot decode query video {decoded.uri}: {decoded.status.value}: "
@@ -477,9 +497,8 @@ class CatalogSearch:
     def _query_decoder(self, uri: str) -> IsolatedDecoder:
         """A decoder with the table's settings that may read this query video."""
         config = dataclasses.replace(self.decode, base_dir=None)
-        if not re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", uri) or uri.startswith("file://"):
-            folder = os.path.dirname(os.path.realpath(uri.removeprefix("file://")))
-            config = dataclasses.replace(config, allowed_roots=(folder,))
+        if os.path.isabs(uri):  # a local file, resolved by `_local_query_path`
+            config = dataclasses.replace(config, allowed_roots=(os.path.dirname(uri),))
         if config not in self._query_decoders:
             self._query_decoders[config] = IsolatedDecoder(config)
         return self._query_decoders[config]
@@ -582,7 +601,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", default=None, help="1B weights: path, s3:// URI or hub id")
     p.add_argument("--tokenizer", default=None, help="vocab.txt or its directory, or hub id")
-    p.add_argument("--s3-endpoint-url", default=None)
+    p.add_argument(
+        "--s3-endpoint-url",
+        default=os.environ.get("AWS_ENDPOINT_URL"),
+        help="S3 endpoint (credentials always come from the AWS chain)",
+    )
+    p.add_argument("--s3-region", default=os.environ.get("AWS_REGION"))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     return p
 
@@ -591,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one query and print the results on stdout; errors go to stderr with exit 2."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    s3 = S3Config(endpoint_url=args.s3_endpoint_url)
+    s3 = S3Config(endpoint_url=args.s3_endpoint_url, region=args.s3_region)
     options = s3.storage_options() or None
     search = None
     try:

@@ -19,12 +19,13 @@ from media import write_video
 
 from models.internvideo2.tokenizer import tokenize
 from pipeline import query, schema
-from pipeline.decode import DecodeConfig, DecodeStage
+from pipeline.decode import DecodeConfig, DecodeStage, S3Config
 from pipeline.embed import EmbedConfig, EmbedStage, ModelSpec
 from pipeline.index import IndexConfig, build_index
 from pipeline.query import CatalogSearch, QueryError, format_results, main, tiny_tokenizer
-from pipeline.runner import signature_inputs
+from pipeline.runner import RunConfig, signature_inputs
 from pipeline.sink import LanceSink, SinkConfig
+from pipeline.storage import write_json
 
 SPEC = ModelSpec(model="tiny-random")
 QUERY = "a red square moving left"
@@ -295,6 +296,54 @@ def test_video_query_goes_through_the_pipeline_decode_and_model(tmp_path):
     np.testing.assert_allclose(out["score"].to_numpy(), expected, atol=1e-4)
 
 
+def test_video_query_takes_a_path_relative_to_the_working_directory(planted, tmp_path, monkeypatch):
+    """`search.video("query.mp4")`, as documented: the path is made absolute before the
+    decode, whose only allowed root is still the file's own directory."""
+    write_video(tmp_path / "query.mp4", 40)
+    monkeypatch.chdir(tmp_path)
+    with CatalogSearch(planted[0], model=SPEC) as search:
+        relative = search.video("query.mp4", k=3)
+        absolute = search.video(str(tmp_path / "query.mp4"), k=3)
+        uri = search.video(f"file://{tmp_path / 'query.mp4'}", k=3)
+    assert len(relative) == 3
+    assert relative.to_pylist() == absolute.to_pylist() == uri.to_pylist()
+
+
+def test_decode_settings_of_the_latest_run_are_reproduced(tmp_path):
+    """A table embedded with PyAV, a larger memory cap and other limits is re-decoded with
+    them, not with decord and the defaults."""
+    db = str(tmp_path / "db")
+    write_clips(db, "videos", [{"video_id": "v0", "embedding": unit(np.ones(512))}])
+    s3 = S3Config(region="eu-west-1")
+    decode = DecodeConfig(
+        size=160,
+        clip_seconds=10.0,
+        clip_overlap_s=2.0,
+        timeout_s=90.0,
+        memory_limit_mb=8192,
+        max_width=1920,
+        max_height=1080,
+        max_duration_s=600.0,
+        decoder="pyav",
+        allowed_roots=(str(tmp_path / "media"),),
+        base_dir=str(tmp_path / "media"),
+        s3=s3,
+        max_attempts=3,
+    )
+    run = RunConfig(
+        manifest=str(tmp_path / "m.parquet"),
+        db=db,
+        s3=s3,
+        decode=decode,
+        embed=EmbedConfig(model=SPEC),
+    )
+    runs = f"{db}/_vidcat/videos/runs"
+    write_json(f"{runs}/20260101T000000Z-old.config.json", {"decode": {}, "s3": {}}, s3)
+    write_json(f"{runs}/20260102T000000Z-new.config.json", run.to_dict(), s3)
+    assert query.decode_config_of_runs(db, "videos", S3Config()) == decode
+    assert CatalogSearch(db).decode == decode
+
+
 # ---- CLI --------------------------------------------------------------------------------
 def test_cli_json_csv_and_table(planted, capsys):
     db = planted[0]
@@ -361,3 +410,21 @@ def test_format_results_handles_nulls_and_lists():
     assert format_results(rows, "csv").splitlines() == ["a,b,c", '1.0,"[1, 2]",x', ",,"]
     with pytest.raises(ValueError, match="unknown format"):
         format_results(rows, "xml")
+
+
+def test_cli_s3_options_default_to_the_aws_environment(planted, monkeypatch, capsys):
+    """Like jobs/embed_catalog.py: --s3-endpoint-url and --s3-region default to
+    AWS_ENDPOINT_URL and AWS_REGION, and both reach the storage options."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    args = query.build_parser().parse_args(["similar", "v1", "--db", planted[0]])
+    assert (args.s3_endpoint_url, args.s3_region) == ("http://127.0.0.1:9", "eu-west-1")
+    seen = []
+
+    def opened(db, table="videos", *, storage_options=None, **kwargs):
+        seen.append(storage_options)
+        raise QueryError("stop")
+
+    monkeypatch.setattr(query, "CatalogSearch", opened)
+    assert main(["similar", "v1", "--db", planted[0], "--s3-region", "us-west-2"]) == 2
+    assert seen == [{"endpoint": "http://127.0.0.1:9", "allow_http": "true", "region": "us-west-2"}]
