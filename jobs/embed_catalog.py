@@ -7,8 +7,9 @@
     ray job submit --working-dir . -- python jobs/embed_catalog.py \\
         --manifest s3://bucket/manifests/ --db s3://bucket/lancedb --checkpoint s3://...
 
-Exit codes: 0 ok; 1 unexpected failure; 2 invalid input (manifest, arguments, table
-schema), nothing embedded; 3 finished but the failure rate exceeded --max-error-rate.
+Exit codes: 0 ok; 1 unexpected failure (traceback in the log); 2 invalid input
+(arguments, manifest, table schema) found before any work, nothing embedded; 3 finished
+but the failure rate exceeded --max-error-rate.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from pipeline.runner import (
     run,
     summarize,
 )
-from pipeline.sink import TableSchemaError
+from pipeline.sink import SinkConfig, TableSchemaError
+from pipeline.uris import redact_text
 
 log = logging.getLogger("vidcat.embed_catalog")
 
@@ -179,6 +181,8 @@ def build_config(args: argparse.Namespace, has_gpu: bool) -> RunConfig:
         s3_endpoint_url=args.s3_endpoint_url,
     )
     gpus = args.gpus_per_actor if args.gpus_per_actor is not None else (1.0 if has_gpu else 0.0)
+    # The sink's own checks (table name, chunk size), before anything runs.
+    SinkConfig(db_uri=args.db, table=args.table, chunk_rows=args.chunk_rows)
     metadata = args.metadata
     if metadata not in ("all", "none"):
         metadata = tuple(c.strip() for c in metadata.split(",") if c.strip())
@@ -239,10 +243,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ray.init(address=address, log_to_driver=True, include_dashboard=False)
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    except Exception:
+        log.exception("cannot start or reach Ray")
+        return EXIT_FAILED
+    try:
         cfg = build_config(args, has_gpu)
-        log.info("resolved config: %s", json.dumps(cfg.to_dict(), sort_keys=True))
+    except ValueError as exc:  # a config dataclass refused an argument
+        log.error("invalid arguments: %s", redact_text(str(exc)))
+        return EXIT_INVALID_INPUT
+    # Credentials or signatures in --manifest, --db or any other URI stay out of the log.
+    log.info("resolved config: %s", redact_text(json.dumps(cfg.to_dict(), sort_keys=True)))
+    try:
         report = run(cfg)
-    except (ManifestError, TableSchemaError, ValueError) as exc:
+    except (ManifestError, TableSchemaError) as exc:
+        # Raised while validating the manifest and opening the tables, before any work.
+        # Any other error, a ValueError from Arrow or LanceDB included, may come after
+        # commits: it is a failure, not invalid input.
         log.error("invalid input: %s", exc)
         return EXIT_INVALID_INPUT
     except Exception:

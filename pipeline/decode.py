@@ -39,7 +39,7 @@ import pyarrow as pa
 
 from pipeline import schema
 from pipeline.schema import RETRYABLE, Status
-from pipeline.uris import ResolvedUri, UriRejected, redact_uri, resolve_uri
+from pipeline.uris import ResolvedUri, UriRejected, redact_text, redact_uri, resolve_uri
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,8 @@ class DecodeConfig:
         memory_limit_mb: `RLIMIT_DATA` of the child (heap and anonymous mappings; shared
             library code is not counted, so a CUDA torch build does not eat the budget).
         max_width, max_height, max_duration_s: larger videos are `resolution_exceeded`.
+        max_bytes: larger files are `resolution_exceeded` too, told from the file's size
+            (a stat, or the HEAD an S3 open makes) before any byte is read.
         decoder: tried first; the other one is the fallback. "decord" reads frames the way
             the official evaluation does; "pyav" gave identical frames on the sample
             catalog and costs about half the CPU on a 20-minute video, 10 % less on short
@@ -151,6 +153,7 @@ class DecodeConfig:
     max_width: int = 7680
     max_height: int = 4320
     max_duration_s: float = 24 * 3600
+    max_bytes: int = 20 << 30
     decoder: str = "decord"
     allowed_roots: tuple[str, ...] = ()
     base_dir: str | None = None
@@ -171,6 +174,7 @@ class DecodeConfig:
             "memory_limit_mb must be >= 512": self.memory_limit_mb >= 512,
             "max_width/max_height must be > 0": self.max_width > 0 and self.max_height > 0,
             "max_duration_s must be > 0": self.max_duration_s > 0,
+            "max_bytes must be > 0": self.max_bytes > 0,
             "max_attempts must be >= 1": self.max_attempts >= 1,
             f"decoder must be one of {DECODERS}": self.decoder in DECODERS,
             "allowed_roots must be a tuple of str": isinstance(self.allowed_roots, tuple),
@@ -380,6 +384,8 @@ class IsolatedDecoder:
         message = last.message
         if isinstance(uri, str) and uri and uri != shown:  # never echo the secret back
             message = message.replace(uri, shown)
+        # ...nor a path derived from it (a relative uri joined to the base directory).
+        message = redact_text(message)
         return DecodeResult(
             last.status,
             shown,
@@ -423,32 +429,49 @@ class IsolatedDecoder:
                 raise _Failure(Status.FETCH_ERROR, _describe(exc), retryable=retry) from None
             if not stat.S_ISREG(st.st_mode):
                 raise _Failure(Status.FETCH_ERROR, "not a regular file", retryable=False)
+            self._check_size(st.st_size, version or local_version(st))
             yield resolved.path, version or local_version(st)
             return
         ext = os.path.splitext(resolved.key)[1]
         suffix = ext if len(ext) <= 8 and ext[1:].isalnum() else ""
         fd, tmp = tempfile.mkstemp(prefix="vidcat-", suffix=suffix, dir=self.config.temp_dir)
         try:
-            try:
-                etag = self._download(resolved, fd)
-            except Exception as exc:  # s3fs/botocore raise many types; all are fetch errors
-                retry = not isinstance(exc, FileNotFoundError | PermissionError)
-                raise _Failure(Status.FETCH_ERROR, _describe(exc), retryable=retry) from None
+            # Owned by a file object at once, so every way out below closes the descriptor.
+            with os.fdopen(fd, "wb") as dst:
+                try:
+                    etag = self._download(resolved, dst, version)
+                except _Failure:
+                    raise
+                except Exception as exc:  # s3fs/botocore raise many types; all fetch errors
+                    retry = not isinstance(exc, FileNotFoundError | PermissionError)
+                    raise _Failure(Status.FETCH_ERROR, _describe(exc), retryable=retry) from None
             yield tmp, version or etag
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
-    def _download(self, resolved: ResolvedUri, fd: int) -> str:
+    def _download(self, resolved: ResolvedUri, dst: BinaryIO, version: str | None) -> str:
         if self._fs is None:
             self._fs = self.config.s3.filesystem()
-        with (
-            os.fdopen(fd, "wb") as dst,
-            self._fs.open(f"{resolved.bucket}/{resolved.key}", "rb", block_size=_COPY_BLOCK) as src,
-        ):
+        path = f"{resolved.bucket}/{resolved.key}"
+        with self._fs.open(path, "rb", block_size=_COPY_BLOCK) as src:
+            # Opening reads the object's metadata (a HEAD), no bytes: the size is checked
+            # before any GET.
+            etag = str(src.details.get("ETag", "")).strip('"')
+            self._check_size(src.size, version or etag)
             # s3fs pins every ranged GET to this ETag (If-Match), so the bytes match it.
             shutil.copyfileobj(src, dst, _COPY_BLOCK)
-            return str(src.details.get("ETag", "")).strip('"')
+            return etag
+
+    def _check_size(self, size: int, content_version: str) -> None:
+        if size > self.config.max_bytes:
+            failure = _Failure(
+                Status.RESOLUTION_EXCEEDED,
+                f"file of {size} bytes exceeds max_bytes {self.config.max_bytes}",
+                retryable=False,
+            )
+            failure.content_version = content_version  # a new version is worth a new try
+            raise failure
 
     def _run_job(
         self,
@@ -799,8 +822,17 @@ class DecodeStage:
 
 def _numpy_columns(batch: dict[str, np.ndarray] | pa.Table) -> dict[str, np.ndarray]:
     if isinstance(batch, pa.Table):
-        return {n: batch.column(n).to_numpy(zero_copy_only=False) for n in batch.column_names}
+        return {n: _to_numpy(batch.column(n)) for n in batch.column_names}
     return {n: np.asarray(v) for n, v in batch.items()}
+
+
+def _to_numpy(column: pa.ChunkedArray) -> np.ndarray:
+    """A column as numpy, nulls as None: NumPy would make an integer column with nulls
+    float64 with NaN (which the sink cannot cast back) and a float null a NaN."""
+    numeric = pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
+    if column.null_count and numeric:
+        return np.array(column.to_pylist(), dtype=object)
+    return column.to_numpy(zero_copy_only=False)
 
 
 def _cell(columns: dict[str, np.ndarray], name: str, i: int) -> Any:

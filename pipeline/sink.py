@@ -29,12 +29,11 @@ from lancedb.expr import col
 from pipeline import schema
 from pipeline.manifest import RESERVED
 from pipeline.schema import Status
-from pipeline.uris import redact_uri, redact_uris
+from pipeline.uris import redact_text, redact_uri, redact_uris
 
 logger = logging.getLogger(__name__)
 
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
 _STATUSES = pa.array([s.value for s in Status])
 
 
@@ -57,7 +56,9 @@ class SinkConfig:
         chunk_rows: commit once this many rows are buffered...
         chunk_seconds: ...or once this long has passed since the last commit.
         storage_options: object-store options for remote databases (never logged).
-        metadata_fields: manifest columns carried into the embeddings table.
+        metadata_fields: manifest columns carried into the embeddings table. Nulls stay
+            null; a NaN in a float column is stored as null too, since Ray's numpy batches
+            carry every numeric null as NaN.
         store_vision_tokens: also write `<table>_vision_tokens`. Tokens take megabytes
             per clip and stay buffered until their chunk commits: lower `chunk_rows`.
     """
@@ -420,8 +421,7 @@ class LanceSink:
         messages = [None] * n
         if schema.MESSAGE in batch.schema.names:
             messages = [
-                m and _URL_IN_TEXT.sub(lambda u: redact_uri(u.group()), m)
-                for m in batch[schema.MESSAGE].cast(pa.string()).to_pylist()
+                m and redact_text(m) for m in batch[schema.MESSAGE].cast(pa.string()).to_pylist()
             ]
         columns[schema.MESSAGE] = pa.array(messages, pa.string())
         if bad.any():  # a NaN embedding is a model failure, not a reason to stop the run
@@ -433,9 +433,14 @@ class LanceSink:
         tokens_expected = self.config.store_vision_tokens and ok.any()
         if tokens_expected and schema.VISION_TOKENS not in batch.schema.names:
             raise ValueError("store_vision_tokens is set but the batch has no vision_tokens")
+        metadata = {f.name for f in self.config.metadata_fields}
         arrays = []
         for f in self._staging:
             value = columns.get(f.name, batch[f.name] if f.name in batch.schema.names else None)
+            if f.name in metadata and value is not None and pa.types.is_floating(value.type):
+                # Ray's numpy batches (the embed stage's) turn a null number into NaN, and
+                # an integer column with nulls into floats: NaN is a null here.
+                value = pc.if_else(pc.is_nan(value), pa.scalar(None, value.type), value)
             try:
                 arrays.append(pa.nulls(n, f.type) if value is None else value.cast(f.type))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -529,12 +534,15 @@ def _ids(rows: pa.Table) -> list[str]:
 
 
 def _delete_if_any(table, where) -> int:
-    """Delete rows matching `where`; returns how many.
+    """Delete rows matching `where` (a `lancedb.expr.Expr` on `video_id`); returns how many.
 
     Counting first avoids a new table version when nothing matches (the common case):
-    a LanceDB delete that matches nothing still commits.
+    a LanceDB delete that matches nothing still commits. The count is a filtered read, not
+    `count_rows`, which takes only SQL text: LanceDB 0.40's `Expr.to_sql()` does not
+    escape a quote after a backslash (an id like `x\\'y`), so every filter here stays an
+    expression object, whatever the ids hold.
     """
-    count = table.count_rows(where.to_sql())
+    count = len(_select(table, where, [schema.VIDEO_ID]))
     if count:
         table.delete(where)
     return count

@@ -6,7 +6,8 @@ checks are pure string work plus `os.path.realpath` (which follows symlinks with
 `lstat`/`readlink`, never `open`), so a rejected URI costs no request and no file open.
 
 :func:`redact_uri` is applied to every URI that reaches a table, a log line or an error
-message, so credentials or presigned-URL signatures pasted into a manifest never leak.
+message, and :func:`redact_text` to free text that may quote one, so credentials or
+presigned-URL signatures pasted into a manifest (with or without a scheme) never leak.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 # Lenient S3 bucket rule (AWS plus legacy/MinIO names): no ':', '@', '/' or spaces.
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._\-]{1,254}$")
 _MAX_SHOWN = 1024
+# Free text is scanned token by token (linear time whatever the text): a token ends at
+# whitespace, a quote or an angle bracket; a URI starts at a scheme or at "//".
+_TOKEN = re.compile(r"[^\s'\"<>]+")
+_URI_START = re.compile(r"(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*:|//")
 
 
 class UriRejected(ValueError):
@@ -62,18 +67,19 @@ def redact_uri(uri: object) -> str:
     """A URI that is safe to store or log.
 
     Userinfo becomes `***@`, a query string `?***` and a fragment `#***`; control
-    characters are escaped and very long values truncated. URIs without a scheme (plain
-    paths) are left as they are apart from the escaping. Valid `s3://` and `file://` URIs
-    come back unchanged, so the redacted URI of a row that was embedded can be decoded again.
+    characters are escaped and very long values truncated. The same holds without a
+    scheme: `//user:secret@host/key` keeps only the host and path, and a plain path loses
+    everything from its first `?` or `#` (a presigned URL pasted without its scheme), so a
+    local file whose name holds one of them is stored under a name that no longer opens.
+    An `@` in a path is kept. Valid `s3://` and `file://` URIs come back unchanged, so the
+    redacted URI of a row that was embedded can be decoded again.
     """
     if not isinstance(uri, str):
         return f"<{type(uri).__name__}>"
     match = _SCHEME.match(uri)
-    if match is None:
-        return _printable(uri)
-    head, rest = uri[: match.end()], uri[match.end() :]
-    if not rest.startswith("//"):  # "scheme:opaque": hide anything that looks like userinfo
-        if "@" in rest:
+    head, rest = (uri[: match.end()], uri[match.end() :]) if match else ("", uri)
+    if not rest.startswith("//"):
+        if head and "@" in rest:  # "scheme:opaque": hide anything that looks like userinfo
             rest = "***@" + rest.rpartition("@")[2]
         return _printable(head + _strip_query(rest))
     # The authority ends at the first "/" here, not at "?" or "#", so a secret holding
@@ -113,6 +119,29 @@ def redact_uris(uris: pa.Array | pa.ChunkedArray) -> pa.Array:
     for r in rows:
         values[r] = redact_uri(values[r])
     return pa.array(values, pa.string())
+
+
+def redact_text(text: str) -> str:
+    """Free text (an error message, a log line) with `redact_uri` applied to every URI in it.
+
+    A URI is the rest of a token from a `scheme:` or a `//` on, or a whole token whose query
+    or fragment follows a `/` or holds a `=` (`bucket/v.mp4?X-Amz-Signature=...`). Tokens
+    without `@`, `?` or `#` stay as they are, and so does FFmpeg's "Stream #0:0".
+    """
+    return _TOKEN.sub(_redact_token, text)
+
+
+def _redact_token(match: re.Match) -> str:
+    token = match.group()
+    if "@" not in token and "?" not in token and "#" not in token:
+        return token
+    start = _URI_START.search(token)
+    if start is not None:
+        return token[: start.start()] + redact_uri(token[start.start() :])
+    mark = min(i for i in (token.find("?"), token.find("#"), len(token)) if i >= 0)
+    if "/" in token[:mark] or "=" in token[mark:]:
+        return redact_uri(token)
+    return token  # an "@" in a path is not userinfo
 
 
 def _strip_query(text: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -351,6 +352,55 @@ def test_temp_file_is_private_and_always_removed(media, s3_bucket, tmp_path):
         assert not list(staging.iterdir())
 
 
+def test_a_failing_s3_filesystem_leaks_no_descriptor(media, tmp_path, monkeypatch):
+    def unavailable(self):
+        raise OSError("no credentials")
+
+    monkeypatch.setattr(S3Config, "filesystem", unavailable)
+    config = DecodeConfig(temp_dir=str(tmp_path), max_attempts=3)
+    with IsolatedDecoder(config) as dec:
+        before = len(os.listdir("/proc/self/fd"))
+        results = [dec.decode(f"s3://bucket/v{i}.mp4") for i in range(5)]
+        assert len(os.listdir("/proc/self/fd")) == before
+    assert {(r.status, r.attempts) for r in results} == {(Status.FETCH_ERROR, 3)}
+    assert "no credentials" in results[0].message
+    assert not list(tmp_path.iterdir())
+
+
+def test_files_over_max_bytes_are_refused_before_reading(media, s3_bucket, tmp_path, monkeypatch):
+    endpoint, bucket = s3_bucket
+    good = media / "good.mp4"
+    etag = _upload(endpoint, bucket, "good.mp4", good)
+    size = good.stat().st_size
+
+    def no_download(*args):
+        raise AssertionError("downloaded an object over max_bytes")
+
+    config = DecodeConfig(
+        allowed_roots=(str(media),),
+        s3=S3Config(endpoint_url=endpoint, region="us-east-1"),
+        temp_dir=str(tmp_path),
+        max_bytes=size - 1,
+        max_attempts=2,
+    )
+    with IsolatedDecoder(config) as dec:
+        with monkeypatch.context() as patch:
+            patch.setattr(decode.shutil, "copyfileobj", no_download)
+            results = [dec.decode(str(good)), dec.decode(f"s3://{bucket}/good.mp4")]
+        assert dec.child_pid is None  # nothing reached the decoder process
+        for result in results:
+            assert result.status is Status.RESOLUTION_EXCEEDED, result.message
+            assert result.attempts == 1 and f"{size} bytes exceeds max_bytes" in result.message
+        local, remote = results
+        assert local.content_version == decode.local_version(good.stat())
+        assert remote.content_version == etag
+        assert not list(tmp_path.iterdir())
+    at_limit = dataclasses.replace(config, max_bytes=size)
+    with IsolatedDecoder(at_limit) as dec:
+        assert dec.decode(str(good)).status is Status.OK
+        assert dec.decode(f"s3://{bucket}/good.mp4").status is Status.OK
+
+
 def test_child_is_respawned_after_crash_timeout_and_kill(media):
     config = DecodeConfig(
         allowed_roots=(str(media),),
@@ -462,6 +512,7 @@ def test_s3_config(s3_bucket, media):
         {"max_attempts": 0},
         {"fault_injection": (("v", "explode"),)},
         {"decoder": "opencv"},
+        {"max_bytes": 0},
     ],
 )
 def test_decode_config_validation(bad):

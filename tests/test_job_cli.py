@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 
+import pyarrow as pa
 import pytest
 
+from jobs import embed_catalog
 from jobs.embed_catalog import build_config, parse_args
+from pipeline import runner
+from pipeline.manifest import ManifestError
 
 BASE = ["--manifest", "m.parquet", "--db", "db", "--model", "tiny-random"]
 
@@ -44,3 +50,73 @@ def test_decoders_per_actor_is_validated():
     res = build_config(parse_args(BASE), has_gpu=False).resources
     with pytest.raises(ValueError, match="decoders_per_actor"):
         dataclasses.replace(res, decoders_per_actor=0)
+
+
+@pytest.fixture
+def job(monkeypatch, tmp_path):
+    """`main` of the job without Ray (the run below never reaches the Ray graph), on a
+    one-row local manifest; yields a function running the job with extra arguments."""
+    import pyarrow.parquet as pq
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda **kwargs: None)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    manifest = tmp_path / "manifest.parquet"
+    pq.write_table(pa.table({"video_id": ["a"], "uri": ["a.mp4"]}), manifest)
+    base = ["--model", "tiny-random", "--no-maintenance"]
+    paths = ["--manifest", str(manifest), "--db", str(tmp_path / "db")]
+
+    def main(*argv: str) -> int:
+        return embed_catalog.main([*base, *argv, *([] if "--manifest" in argv else paths)])
+
+    return main
+
+
+@pytest.mark.parametrize(
+    "error", [ValueError("bad value"), pa.ArrowInvalid("bad cast"), OSError("lost disk")]
+)
+def test_a_failure_after_the_tables_are_open_exits_1_with_its_traceback(
+    job, monkeypatch, caplog, error
+):
+    """pyarrow's and LanceDB's errors are ValueErrors: one raised once the run has opened
+    (and may have written) its tables is a failure, not invalid input."""
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(runner, "plan_refresh", fail)
+    caplog.set_level(logging.INFO)
+    assert job() == runner.EXIT_FAILED
+    [failed] = [r for r in caplog.records if r.getMessage() == "run failed"]
+    assert failed.exc_info is not None and failed.exc_info[1] is error
+    assert not [r for r in caplog.records if "invalid" in r.getMessage()]
+
+
+def test_invalid_arguments_and_manifests_exit_2(job, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    assert job("--num-frames", "99") == runner.EXIT_INVALID_INPUT
+    assert job("--table", "a/b") == runner.EXIT_INVALID_INPUT
+    missing = ["--manifest", str(tmp_path / "nope.parquet"), "--db", str(tmp_path / "db")]
+    assert job(*missing) == runner.EXIT_INVALID_INPUT
+    assert not (tmp_path / "db").exists()  # nothing was written
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_the_resolved_config_is_logged_redacted(job, monkeypatch, caplog):
+    def refuse(cfg):
+        raise ManifestError("manifest is unusable")
+
+    monkeypatch.setattr(embed_catalog, "run", refuse)
+    caplog.set_level(logging.INFO)
+    argv = [
+        "--manifest",
+        "s3://AKIAX:SECRET@bucket/m.parquet?X-Amz-Signature=SIG",
+        "--db",
+        "//user:SECRET@minio/db",
+    ]
+    assert job(*argv) == runner.EXIT_INVALID_INPUT
+    [config] = [r.getMessage() for r in caplog.records if "resolved config" in r.getMessage()]
+    shown = json.loads(config.partition(": ")[2])
+    assert shown["manifest"] == "s3://***@bucket/m.parquet?***"
+    assert shown["db"] == "//***@minio/db"
+    assert not [r for r in caplog.records if "SECRET" in r.getMessage() or "SIG" in r.getMessage()]

@@ -135,6 +135,94 @@ def test_rerun_is_a_noop_in_content(config):
     assert error[schema.ATTEMPTS] == 2  # a rerun that fails again is another attempt
 
 
+#: Ids that SQL text built by `Expr.to_sql()` breaks or misreads (LanceDB 0.40 leaves the
+#: quote after a backslash unescaped), plus keywords, comments and non-ASCII.
+ODD_IDS = ["a'b", "x\\'y", "back\\slash", 'q"d', "--", "ü", "x' OR '1'='1", "x\\", "x"]
+
+
+def test_odd_video_ids_go_through_every_filtered_step(tmp_path):
+    config = SinkConfig(db_uri=str(tmp_path / "db"), chunk_rows=3, store_vision_tokens=True)
+    every = cat([failure(v) for v in ODD_IDS])
+    write(config, every)
+    write(config, every)  # previous attempts are read back by id
+    errors = content(config.db_uri, "videos_errors", schema.VIDEO_ID)
+    assert sorted(e[schema.VIDEO_ID] for e in errors) == sorted(ODD_IDS)
+    assert {e[schema.ATTEMPTS] for e in errors} == {2}
+
+    sink = write(config, clips(dict.fromkeys(ODD_IDS, 3), tokens=True))  # clears the errors
+    assert content(config.db_uri, "videos_errors", schema.VIDEO_ID) == []
+    assert sink.stats.errors_cleared == len(ODD_IDS)
+
+    # Fewer clips and no tokens: stale clips and the outdated tokens go, by id.
+    plain = SinkConfig(db_uri=config.db_uri, chunk_rows=3)
+    sink = write(plain, clips(dict.fromkeys(ODD_IDS, 1), seed=1))
+    rows = content(config.db_uri, "videos", schema.CLIP_ID)
+    assert sorted(r[schema.VIDEO_ID] for r in rows) == sorted(ODD_IDS)
+    assert sink.stats.stale_clips_deleted == 2 * len(ODD_IDS)
+    assert content(config.db_uri, "videos_vision_tokens", schema.CLIP_ID) == []
+
+    with LanceSink(plain) as sink:
+        sink.write(failure("x"))
+        sink.flush()
+        assert sink.delete_videos(ODD_IDS[:-1]) == len(ODD_IDS) - 1
+    assert [r[schema.VIDEO_ID] for r in content(config.db_uri, "videos", schema.CLIP_ID)] == ["x"]
+    assert [e[schema.VIDEO_ID] for e in content(config.db_uri, "videos_errors", "video_id")] == [
+        "x"
+    ]
+
+
+def test_nulls_in_metadata_columns_stay_null_and_keep_their_type(tmp_path):
+    fields = (
+        pa.field("year", pa.int64()),
+        pa.field("rank", pa.int32()),
+        pa.field("score", pa.float32()),
+        pa.field("title", pa.string()),
+        pa.field("flag", pa.bool_()),
+        pa.field("shot_at", pa.timestamp("us", tz="UTC")),
+    )
+    config = SinkConfig(db_uri=str(tmp_path / "db"), chunk_rows=100, metadata_fields=fields)
+    batch = clips({"a": 1, "b": 1, "c": 1}).drop_columns(["title"])
+    values = {
+        "year": pa.array([2020, None, 1999], pa.int64()),
+        # As Ray's numpy batches carry them: an int column with a null as floats with NaN.
+        "rank": pa.array([1.0, 2.0, np.nan]),
+        "score": pa.array([0.5, np.nan, None], pa.float64()),
+        "title": pa.array(["t", None, "u"]),
+        "flag": pa.array([None, True, False]),
+        "shot_at": pa.array([1, None, 2], pa.timestamp("us")),
+    }
+    for name, column in values.items():
+        batch = batch.append_column(name, column)
+    write(config, batch)
+
+    table = lancedb.connect(config.db_uri).open_table("videos")
+    assert [table.schema.field(f.name).type for f in fields] == [f.type for f in fields]
+    rows = {r[schema.VIDEO_ID]: r for r in content(config.db_uri, "videos", schema.CLIP_ID)}
+    assert [rows[v]["year"] for v in "abc"] == [2020, None, 1999]
+    assert [rows[v]["rank"] for v in "abc"] == [1, 2, None]
+    assert [rows[v]["score"] for v in "abc"] == [0.5, None, None]
+    assert [rows[v]["title"] for v in "abc"] == ["t", None, "u"]
+    assert [rows[v]["flag"] for v in "abc"] == [None, True, False]
+    assert rows["b"]["shot_at"] is None and rows["c"]["shot_at"].microsecond == 2
+
+
+def test_uris_without_a_scheme_are_redacted_in_the_errors_table(config):
+    message = (
+        "cannot open //AKIAX:SECRET@minio/bucket/v.mp4, nor "
+        "'/media/bucket/v.mp4?X-Amz-Signature=SIG'; Stream #0:0 is fine"
+    )
+    failed = failure("a", message=message)
+    failed = failed.set_column(1, schema.URI, pa.array(["//AKIAX:SECRET@minio/bucket/v.mp4"]))
+    other = failure("b").set_column(1, schema.URI, pa.array(["bucket/v.mp4?X-Amz-Signature=SIG"]))
+    write(config, cat([failed, other]))
+    a, b = content(config.db_uri, "videos_errors", schema.VIDEO_ID)
+    assert a[schema.URI] == "//***@minio/bucket/v.mp4"
+    assert a[schema.MESSAGE] == (
+        "cannot open //***@minio/bucket/v.mp4, nor '/media/bucket/v.mp4?***'; Stream #0:0 is fine"
+    )
+    assert b[schema.URI] == "bucket/v.mp4?***"
+
+
 def test_duplicates_within_a_chunk_keep_the_last(tmp_path):
     config = SinkConfig(db_uri=str(tmp_path / "db"), chunk_rows=100, metadata_fields=META)
     sink = write(config, clips({"a": 2}, seed=1), clips({"a": 2}, seed=2))

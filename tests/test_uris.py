@@ -3,11 +3,19 @@ from __future__ import annotations
 import builtins
 import io
 import os
+import time
 
 import pyarrow as pa
 import pytest
 
-from pipeline.uris import ResolvedUri, UriRejected, redact_uri, redact_uris, resolve_uri
+from pipeline.uris import (
+    ResolvedUri,
+    UriRejected,
+    redact_text,
+    redact_uri,
+    redact_uris,
+    resolve_uri,
+)
 
 REDACTION_CASES = [
     ("s3://AKIAEXAMPLE:s3cr3t@bucket/x.mp4", "s3://***@bucket/x.mp4"),
@@ -21,7 +29,14 @@ REDACTION_CASES = [
     ("s3:AKIAEXAMPLE:s3cr3t@bucket/x.mp4", "s3:***@bucket/x.mp4"),
     ("s3://bucket/user@example.com/v.mp4", "s3://bucket/user@example.com/v.mp4"),
     ("file:///data/v.mp4", "file:///data/v.mp4"),
-    ("/data/a@b?.mp4", "/data/a@b?.mp4"),
+    ("/data/a@b.mp4", "/data/a@b.mp4"),  # an "@" in a path is not userinfo
+    ("/data/a@b?.mp4", "/data/a@b?***"),
+    # Without a scheme: a network-path reference, a presigned URL's path and query.
+    ("//AKIAEXAMPLE:s3cr3t@minio/bucket/v.mp4", "//***@minio/bucket/v.mp4"),
+    ("//AKIAEXAMPLE:s3/cr3t@minio/bucket/v.mp4", "//***@minio/bucket/v.mp4"),
+    ("//minio/bucket/v.mp4#s3cr3t", "//minio/bucket/v.mp4#***"),
+    ("bucket/v.mp4?X-Amz-Signature=s3cr3t", "bucket/v.mp4?***"),
+    ("/data/v.mp4#s3cr3t", "/data/v.mp4#***"),
     ("/data/x\x00y\n.mp4", "/data/x\\x00y\\n.mp4"),
 ]
 
@@ -42,6 +57,31 @@ def test_redact_uris_matches_redact_uri_row_by_row():
     plain = pa.array(["s3://b/1.mp4", "s3://b/2.mp4"])
     assert redact_uris(plain).to_pylist() == plain.to_pylist()
     assert redact_uris(pa.array([], pa.string())).to_pylist() == []
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("GET https://h/v.mp4?X-Amz-Signature=s3cr3t failed", "GET https://h/v.mp4?*** failed"),
+        ("bad uri: //AKIAX:s3cr3t@minio/b/v.mp4 (x)", "bad uri: //***@minio/b/v.mp4 (x)"),
+        ("No such file: '/m/b/v.mp4?X-Amz-Signature=s3cr3t'", "No such file: '/m/b/v.mp4?***'"),
+        ("v.mp4?sig=s3cr3t, retry", "v.mp4?*** retry"),
+        ("opts=s3://AKIAX:s3cr3t@b/k", "opts=s3://***@b/k"),
+        ("AKIAX:s3cr3t@minio/b/v.mp4", "AKIAX:***@minio/b/v.mp4"),
+        # Nothing URI-like: left alone.
+        ("Stream #0:0: Video: h264, user@example.com, what?", None),
+        ("decord: RuntimeError: boom; pyav: EOF", None),
+    ],
+)
+def test_redact_text(text, shown):
+    assert redact_text(text) == (text if shown is None else shown)
+
+
+def test_redact_text_is_linear_on_long_tokens():
+    started = time.monotonic()
+    shown = redact_text("a/" * 50_000 + "?sig=s3cr3t " + "b" * 100_000 + "#")
+    assert time.monotonic() - started < 2.0  # a backtracking regex takes hours here
+    assert "s3cr3t" not in shown and shown.endswith(" " + "b" * 100_000 + "#")
 
 
 def test_redact_uri_non_strings_and_long_values():

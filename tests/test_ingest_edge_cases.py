@@ -1,0 +1,121 @@
+"""Manifest rows on their way from the decode stage into the tables: metadata nulls and
+secrets in URIs that have no scheme.
+
+The batches cross the stage boundaries as they do under Ray Data (decode output → Arrow
+block → the embed stage's numpy batch → Arrow block → sink) without starting Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pytest
+from media import write_video
+from ray.data.block import BlockAccessor
+
+from pipeline import schema
+from pipeline.decode import DecodeConfig, DecodeStage
+from pipeline.embed import EmbedConfig, EmbedStage, ModelSpec
+from pipeline.schema import Status
+from pipeline.sink import LanceSink, SinkConfig
+
+METADATA = (
+    pa.field("year", pa.int64()),
+    pa.field("rank", pa.int32()),
+    pa.field("score", pa.float64()),
+    pa.field("title", pa.string()),
+    pa.field("flag", pa.bool_()),
+    pa.field("shot_at", pa.timestamp("us", tz="UTC")),
+)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("media")
+    for name in ("a", "b", "c"):
+        write_video(root / f"{name}.mp4", 10)
+    return root
+
+
+def _through_ray_formats(batch: dict[str, np.ndarray], stage) -> pa.Table:
+    """`stage` on `batch` the way Ray Data hands it over: as an Arrow block, then numpy."""
+    block = BlockAccessor.batch_to_block(batch)
+    return BlockAccessor.batch_to_block(stage(BlockAccessor.for_block(block).to_numpy()))
+
+
+def test_metadata_nulls_survive_decode_embed_and_sink(root, tmp_path):
+    manifest = pa.table(
+        {
+            schema.VIDEO_ID: ["a", "b", "c", "gone"],
+            schema.URI: ["a.mp4", "b.mp4", "c.mp4", "missing.mp4"],
+            "year": pa.array([2020, None, 1999, None], pa.int64()),
+            "rank": pa.array([None, 2, 3, 4], pa.int32()),
+            "score": pa.array([0.5, None, 1.5, None], pa.float64()),
+            "title": ["t", None, "u", None],
+            "flag": [True, None, False, None],
+            "shot_at": pa.array([1, None, 2, None], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    decode = DecodeStage(DecodeConfig(allowed_roots=(str(root),), base_dir=str(root)))
+    try:
+        decoded = decode(manifest)
+    finally:
+        decode.close()
+    assert list(decoded["year"]) == [2020, None, 1999, None]
+    assert list(decoded["score"]) == [0.5, None, 1.5, None]
+
+    embed = EmbedStage(EmbedConfig(model=ModelSpec(model="tiny-random"), device="cpu"))
+    rows = _through_ray_formats(decoded, embed)
+    config = SinkConfig(db_uri=str(tmp_path / "db"), metadata_fields=METADATA)
+    with LanceSink(config) as sink:
+        sink.write(rows)
+
+    table = lancedb.connect(config.db_uri).open_table("videos")
+    assert [table.schema.field(f.name).type for f in METADATA] == [f.type for f in METADATA]
+    got = {r[schema.VIDEO_ID]: r for r in table.to_arrow().to_pylist()}
+    assert sorted(got) == ["a", "b", "c"]
+    assert [got[v]["year"] for v in "abc"] == [2020, None, 1999]
+    assert [got[v]["rank"] for v in "abc"] == [None, 2, 3]
+    assert [got[v]["score"] for v in "abc"] == [0.5, None, 1.5]
+    assert [got[v]["title"] for v in "abc"] == ["t", None, "u"]
+    assert [got[v]["flag"] for v in "abc"] == [True, None, False]
+    assert got["b"]["shot_at"] is None and got["c"]["shot_at"].microsecond == 2
+    [error] = lancedb.connect(config.db_uri).open_table("videos_errors").to_arrow().to_pylist()
+    assert (error[schema.VIDEO_ID], error[schema.STATUS]) == ("gone", Status.FETCH_ERROR)
+
+
+@pytest.mark.parametrize("base", ["local", "s3"])
+def test_secrets_in_uris_without_a_scheme_never_reach_rows_or_logs(root, tmp_path, caplog, base):
+    uris = {
+        "network-path": "//AKIAX:SECRET@minio/bucket/v.mp4",
+        "presigned": "bucket/v.mp4?X-Amz-Signature=SIG",
+        "fragment": "bucket/v.mp4#SIG",
+    }
+    batch = {
+        schema.VIDEO_ID: np.array(list(uris), dtype=object),
+        schema.URI: np.array(list(uris.values()), dtype=object),
+    }
+    base_dir = str(root) if base == "local" else "s3://catalog/videos"
+    stage = DecodeStage(DecodeConfig(allowed_roots=(str(root),), base_dir=base_dir))
+    with caplog.at_level(logging.DEBUG):
+        out = stage(batch)
+        stage.close()
+        config = SinkConfig(db_uri=str(tmp_path / "db"))
+        with LanceSink(config) as sink:
+            sink.write(out)
+    assert set(out[schema.STATUS]) <= {Status.URI_REJECTED, Status.FETCH_ERROR}
+    errors = lancedb.connect(config.db_uri).open_table("videos_errors").to_arrow().to_pylist()
+    assert len(errors) == len(uris)
+    shown = {e[schema.VIDEO_ID]: e[schema.URI] for e in errors}
+    assert shown == {
+        "network-path": "//***@minio/bucket/v.mp4",
+        "presigned": "bucket/v.mp4?***",
+        "fragment": "bucket/v.mp4#***",
+    }
+    logged = [r.getMessage() for r in caplog.records]
+    assert sum("decode failed" in m for m in logged) == len(uris)
+    for text in [*logged, *map(str, errors)]:
+        assert "SECRET" not in text and "SIG" not in text, text
