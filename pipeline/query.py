@@ -415,7 +415,9 @@ class CatalogSearch:
             raise QueryError(f"the query vector must be {schema.EMBED_DIM} finite floats")
         sql = where
         if exclude is not None:
-            other = (col(schema.VIDEO_ID) != exclude).to_sql()
+            # Spelled out: LanceDB 0.40's `Expr.to_sql()` leaves a quote after a backslash
+            # unescaped, and its parser takes standard SQL strings ('' is a quote).
+            other = f"{schema.VIDEO_ID} != '{exclude.replace(chr(39), chr(39) * 2)}'"
             sql = f"({where}) AND {other}" if where else other
         extra = (schema.MODEL, *CANDIDATE_COLUMNS)
         columns = list(dict.fromkeys([*RESULT_COLUMNS, *extra, *self._metadata_columns()]))

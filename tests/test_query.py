@@ -161,6 +161,21 @@ def test_similar_uses_the_mean_clip_and_excludes_the_video(planted):
         search.text(QUERY)
 
 
+@pytest.mark.parametrize("odd", ["x\\'y", "o'k", "back\\slash", "x' OR '1'='1", "ü"])
+def test_similar_takes_any_video_id(tmp_path, odd):
+    db = str(tmp_path / "db")
+    vectors = unit(np.random.default_rng(4).normal(size=(4, 512)))
+    ids = [odd, "a", "b", "c"]
+    write_clips(
+        db, "videos", [{"video_id": v, "embedding": e} for v, e in zip(ids, vectors, strict=True)]
+    )
+    out = CatalogSearch(db).similar(odd, k=10)
+    assert sorted(out["video_id"].to_pylist()) == ["a", "b", "c"]
+    np.testing.assert_allclose(
+        out["score"].to_numpy(), np.sort(vectors[1:] @ vectors[0])[::-1], atol=1e-5
+    )
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
