@@ -69,7 +69,7 @@ class Status(enum.StrEnum):
     PROBE_FAILED = "probe_failed"  # container unreadable (0-byte, random bytes, truncated header)
     NO_VIDEO_STREAM = "no_video_stream"  # e.g. audio-only file
     TOO_FEW_FRAMES = "too_few_frames"  # fewer decodable frames than the clip needs (0)
-    RESOLUTION_EXCEEDED = "resolution_exceeded"  # width/height/duration beyond the limits
+    RESOLUTION_EXCEEDED = "resolution_exceeded"  # width/height/duration/file size beyond the limits
     DECODE_ERROR = "decode_error"  # both decoders raised
     DECODER_CRASH = "decoder_crash"  # the isolated decode process died (segfault, abort)
     TIMEOUT = "timeout"  # the isolated decode process exceeded its wall-clock budget
