@@ -90,13 +90,17 @@ class _Progress:
     decode_s: float = 0.0
     embed_s: float = 0.0
 
-    def update(self, batch: pa.Table) -> None:
-        status = batch[schema.STATUS]
+    def update(self, batch: pa.Table, status: pa.Array) -> None:
+        """Count one batch of whole videos (see _Reassembler) with the statuses the sink
+        commits them with (`LanceSink.write`'s, which may turn rows into `embed_error`)."""
         ok = pc.equal(status, schema.Status.OK.value)
-        self.clips += pc.sum(ok).as_py() or 0
-        # Batches hold whole videos (see _Reassembler): distinct ids are videos done.
+        bad = batch.filter(pc.invert(ok)).set_column(
+            batch.schema.get_field_index(schema.STATUS), schema.STATUS, status.filter(pc.invert(ok))
+        )
+        # The sink commits no clip of a video with a failed row: neither is it counted here.
+        whole = pc.invert(pc.is_in(batch[schema.VIDEO_ID], value_set=bad[schema.VIDEO_ID]))
+        self.clips += pc.sum(pc.and_(ok, whole)).as_py() or 0
         self.videos += pc.count_distinct(batch[schema.VIDEO_ID]).as_py() or 0
-        bad = batch.filter(pc.invert(ok))
         for vid, st in zip(
             bad[schema.VIDEO_ID].to_pylist(), bad[schema.STATUS].to_pylist(), strict=True
         ):
@@ -250,12 +254,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 ready = regroup.push(batch)
                 if ready is not None:
-                    progress.update(ready)
-                    sink.write(ready)
+                    progress.update(ready, sink.write(ready))
             rest = regroup.leftovers()
             if rest is not None:
-                progress.update(rest)
-                sink.write(rest)
+                progress.update(rest, sink.write(rest))
         sink.flush()
         deleted = plan.apply_prune(sink)
         sink_stats = sink.stats.as_dict()

@@ -332,13 +332,21 @@ class LanceSink:
         return len(found)
 
     # ---- buffering ---------------------------------------------------------------------
-    def write(self, batch) -> None:
-        """Buffer one batch; commit whole videos once a chunk is full or old enough."""
+    def write(self, batch) -> pa.Array:
+        """Buffer one batch; commit whole videos once a chunk is full or old enough.
+
+        Returns:
+            Each row's status as it will be committed: the input's, except rows whose
+            embedding is not finite, which become `embed_error`.
+        """
         if self._closed:
             raise RuntimeError("write() on a closed LanceSink")
         table = _as_table(batch)
+        status = pa.array([], pa.string())
         if len(table):
-            self._buffer.append(self._stage(table))
+            staged = self._stage(table)
+            status = staged[schema.STATUS].combine_chunks()
+            self._buffer.append(staged)
             self._buffered += len(table)
         while self._buffered >= self.config.chunk_rows and self._commit_whole_videos(
             self.config.chunk_rows
@@ -346,6 +354,7 @@ class LanceSink:
             pass
         if self._buffered and time.monotonic() - self._last_commit >= self.config.chunk_seconds:
             self._commit_whole_videos(None)
+        return status
 
     def flush(self) -> None:
         """Commit everything buffered; the caller vouches that no video continues after it."""

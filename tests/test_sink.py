@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schema
+from pipeline.runner import _Progress
 from pipeline.schema import Status
 from pipeline.sink import (
     LanceSink,
@@ -420,10 +421,17 @@ def test_non_finite_embedding_becomes_a_failure(config):
         schema.EMBEDDING,
         pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), schema.EMBED_DIM),
     )
-    write(config, batch)
+    # The run report counts what the sink commits: write() returns the final statuses.
+    progress = _Progress(total=3, every=3600.0)
+    with LanceSink(config) as sink:
+        progress.update(batch, sink.write(batch))
+        progress.update(failure("c"), sink.write(failure("c")))
     assert [r[schema.VIDEO_ID] for r in content(config.db_uri, "videos", schema.CLIP_ID)] == ["b"]
-    [error] = content(config.db_uri, "videos_errors", schema.VIDEO_ID)
-    assert error[schema.STATUS] == "embed_error" and "non-finite" in error[schema.MESSAGE]
+    errors = content(config.db_uri, "videos_errors", schema.VIDEO_ID)
+    assert [e[schema.STATUS] for e in errors] == ["embed_error", "fetch_error"]
+    assert "non-finite" in errors[0][schema.MESSAGE]
+    assert (progress.videos, progress.clips, progress.failed_videos) == (3, 1, 2)
+    assert progress.failed == {"embed_error": {"a"}, "fetch_error": {"c"}}
 
 
 @pytest.mark.parametrize(
