@@ -12,6 +12,7 @@ pickles: the child parses hostile input, so the parent must not execute what it 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import io
 import json
@@ -756,14 +757,18 @@ class DecodeStage:
         video_id = str(columns[schema.VIDEO_ID][i])
         uri = _cell(columns, schema.URI, i)
         video_started = time.perf_counter()
+        start_s = _float_or_none(_cell(columns, schema.START_S, i))
+        end_s = _float_or_none(_cell(columns, schema.END_S, i))
         try:
             result = decoder.decode(
                 uri,
-                _float_or_none(_cell(columns, schema.START_S, i)),
-                _float_or_none(_cell(columns, schema.END_S, i)),
+                start_s,
+                end_s,
                 _str_or_none(_cell(columns, schema.VERSION, i)),
                 video_id=video_id,
             )
+            version = schema.range_version(result.content_version, start_s, end_s)
+            result = dataclasses.replace(result, content_version=version)
         except Exception as exc:  # a bug here must cost one row, not the batch
             logger.exception("decode of %s raised", video_id)
             result = DecodeResult(

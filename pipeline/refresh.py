@@ -24,7 +24,9 @@ or the errors table that are gone from the manifest are deleted.
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -372,7 +374,8 @@ def _plan_bucket(plan, m, s, e, signature, mode, prune, version_of, block_rows) 
         return
     # Only the keys go through the joins (Arrow cannot join list/struct/map columns, and
     # metadata names must not meet the state's); rows to embed are taken from `m` by number.
-    keys = [c for c in (schema.VIDEO_ID, schema.URI, schema.VERSION) if c in m.column_names]
+    wanted = (schema.VIDEO_ID, schema.URI, schema.VERSION, schema.START_S, schema.END_S)
+    keys = [c for c in wanted if c in m.column_names]
     numbered = m.select(keys).append_column(_ROW, pa.array(np.arange(len(m), dtype=np.int64)))
     j = numbered.join(s, schema.VIDEO_ID, join_type="left outer").join(
         e, schema.VIDEO_ID, join_type="left outer"
@@ -387,7 +390,7 @@ def _plan_bucket(plan, m, s, e, signature, mode, prune, version_of, block_rows) 
         have = j[schema.VERSION] if schema.VERSION in j.column_names else pa.nulls(n, pa.string())
         # An empty version is no version: decode records the ETag / size+mtime instead.
         have = pc.if_else(pc.equal(have, ""), pa.scalar(None, pa.string()), have)
-        version = _resolve_versions(plan, j, have, pc.invert(new), version_of)
+        version = _with_range(j, _resolve_versions(plan, j, have, pc.invert(new), version_of))
         uri = redact_uris(j[schema.URI])
         unchanged_t = pc.and_(
             pc.and_(
@@ -422,6 +425,31 @@ def _plan_bucket(plan, m, s, e, signature, mode, prune, version_of, block_rows) 
     for start in range(0, len(rows), block_rows):
         block = rows.slice(start, block_rows)
         plan.embed_refs.append((ray.put(block), len(block), block_metadata(block)))
+
+
+def _with_range(j: pa.Table, version: pa.Array) -> pa.Array:
+    """`schema.range_version` of every row that restricts its range (what decode records)."""
+    bounds = [c for c in (schema.START_S, schema.END_S) if c in j.column_names]
+    if not bounds:
+        return version
+    limited = pc.fill_null(
+        functools.reduce(pc.or_, [pc.is_valid(j[c]) for c in bounds]), False
+    ).to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(limited)
+    if not len(rows):
+        return version
+    values = version.to_pylist()
+    start, end = (
+        j[c].to_pylist() if c in j.column_names else [None] * len(j)
+        for c in (schema.START_S, schema.END_S)
+    )
+    for r in rows:
+        values[r] = schema.range_version(values[r], _bound(start[r]), _bound(end[r]))
+    return pa.array(values, pa.string())
+
+
+def _bound(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else value
 
 
 def _resolve_versions(plan, j, version, known, version_of):

@@ -85,6 +85,23 @@ RETRYABLE = frozenset(
 )
 
 
+def range_version(version: str | None, start_s: float | None, end_s: float | None) -> str | None:
+    """The `content_version` recorded for a manifest row: the object's version, followed by a
+    media fragment `#t=start,end` when the row restricts the range, so that editing a row's
+    `start_s`/`end_s` re-embeds it. An unknown version (None or "") stays as it is.
+
+    >>> range_version("etag", 10.0, None)
+    'etag#t=10.0,'
+    """
+    if not version or (start_s is None and end_s is None):
+        return version
+
+    def bound(value: float | None) -> str:
+        return "" if value is None else repr(float(value))
+
+    return f"{version}#t={bound(start_s)},{bound(end_s)}"
+
+
 def embeddings_schema(metadata_fields: tuple[pa.Field, ...] = ()) -> pa.Schema:
     """Arrow schema of the embeddings table.
 

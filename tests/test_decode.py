@@ -462,7 +462,10 @@ def test_stage_accepts_arrow_batches_and_odd_values(media):
     assert list(out[schema.CLIP_START_S][3:]) == [2.0, 12.0, 22.0]
     assert out[schema.DECODE_SECONDS][3] == out[schema.DECODE_SECONDS][5] > 0
     assert out[schema.FRAMES].shape == (6, 2, 224, 224, 3)
-    assert out[schema.CONTENT_VERSION][0] == "v1" and out[schema.CONTENT_VERSION][3] != ""
+    # A restricted range is part of what was embedded (see schema.range_version).
+    assert out[schema.CONTENT_VERSION][0] == "v1#t=2.0,6.0"
+    assert out[schema.CONTENT_VERSION][1] == decode.local_version(os.stat(good))
+    assert out[schema.CONTENT_VERSION][3] == decode.local_version(os.stat(long)) + "#t=2.0,"
     assert (out[schema.CLIP_START_S][0], out[schema.CLIP_END_S][0]) == (2.0, 6.0)
     assert list(out["tags"][0]) == ["x"] and list(out["tags"][5]) == ["y"]
     assert schema.START_S not in out and schema.VERSION not in out

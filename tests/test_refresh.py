@@ -202,3 +202,34 @@ def test_transient_failures_are_retried_deterministic_ones_skipped(ray_cluster, 
     )
     plan = _bucket(ray_cluster, m, e=e)
     assert (plan.retried, plan.skipped) == ((1, 0) if retried else (0, 1))
+
+
+def test_an_edited_range_is_a_change(ray_cluster):
+    """Decode records `version#t=start,end` for a restricted row; the plan compares the same,
+    so trimming a row's range re-embeds it and an untouched row is skipped."""
+    s = pa.table(
+        {
+            schema.VIDEO_ID: ["a", "b", "c"],
+            schema.CONTENT_VERSION: ["v1#t=10.0,20.0", "v1#t=5.0,", "v1"],
+            schema.SIGNATURE: ["sig"] * 3,
+            schema.URI: ["s3://x/a.mp4", "s3://x/b.mp4", "s3://x/c.mp4"],
+        }
+    )
+
+    def manifest(a_end: float, c_start: float | None) -> pa.Table:
+        return pa.table(
+            {
+                schema.VIDEO_ID: ["a", "b", "c"],
+                schema.URI: ["s3://x/a.mp4", "s3://x/b.mp4", "s3://x/c.mp4"],
+                schema.VERSION: ["v1"] * 3,
+                schema.START_S: pa.array([10.0, 5.0, c_start], pa.float64()),
+                schema.END_S: pa.array([a_end, None, None], pa.float64()),
+            }
+        )
+
+    same = _bucket(ray_cluster, manifest(20.0, None), s)
+    assert (same.skipped, same.changed) == (3, 0)
+    edited = _bucket(ray_cluster, manifest(25.0, 3.0), s)
+    assert (edited.skipped, edited.changed) == (1, 2)
+    rows = _planned_rows(ray_cluster, edited)
+    assert sorted(rows[schema.VIDEO_ID].to_pylist()) == ["a", "c"]
