@@ -40,7 +40,7 @@ def build(root: Path, clips: int) -> str:
     embed = EmbedConfig(
         model=SPEC, store_vision_tokens=True, signature_extra=signature_inputs(decode)
     )
-    rows = EmbedStage(embed)(DecodeStage(decode)(pq.read_table(manifest)))
+    rows = EmbedStage(embed)(DecodeStage(decode).decode_batch(pq.read_table(manifest)))
     db = str(root / "db")
     meta = tuple(pq.read_schema(manifest).field(c) for c in ("caption", "category"))
     with LanceSink(SinkConfig(db, metadata_fields=meta, store_vision_tokens=True)) as sink:

@@ -58,6 +58,8 @@ _MAX_HEADER_BYTES = 64 << 20
 _STARTUP_TIMEOUT_S = 120.0
 _COPY_BLOCK = 8 << 20
 _PIPE_BYTES = 1 << 20
+#: `DecodeStage` cuts its output after this many bytes of frames (whole videos).
+OUTPUT_BATCH_BYTES = 256 << 20
 _MANIFEST_COLUMNS = (schema.VIDEO_ID, schema.URI, schema.VERSION, schema.START_S, schema.END_S)
 #: Per-row output columns and their dtypes (frames and frame_indices are built apart).
 _ROW_COLUMNS = {
@@ -674,6 +676,13 @@ class DecoderPool:
         self._threads: ThreadPoolExecutor | None = None
 
     def map(self, fn: Callable[[IsolatedDecoder, Any], Any], items: Iterable[Any]) -> list:
+        return list(self.imap(fn, items))
+
+    def imap(
+        self, fn: Callable[[IsolatedDecoder, Any], Any], items: Iterable[Any]
+    ) -> Iterator[Any]:
+        """`map`, lazily: each result as soon as it and those before it are done."""
+
         def call(item: Any) -> Any:
             decoder = self._free.get()
             try:
@@ -682,10 +691,10 @@ class DecoderPool:
                 self._free.put(decoder)
 
         if len(self.decoders) == 1:
-            return [call(item) for item in items]
+            return (call(item) for item in items)
         if self._threads is None:
             self._threads = ThreadPoolExecutor(len(self.decoders), thread_name_prefix="decode")
-        return list(self._threads.map(call, items))  # in input order
+        return self._threads.map(call, items)  # in input order
 
     @property
     def child_pids(self) -> list[int | None]:
@@ -721,25 +730,50 @@ class DecodeStage:
     video; a passthrough column named like an output column is dropped.
     """
 
-    def __init__(self, config: DecodeConfig, decoders: int = 1) -> None:
+    def __init__(
+        self, config: DecodeConfig, decoders: int = 1, output_bytes: int = OUTPUT_BATCH_BYTES
+    ) -> None:
         self.config = config
+        self.output_bytes = output_bytes
         self._decoders = DecoderPool(config, decoders)
 
-    def __call__(self, batch: dict[str, np.ndarray] | pa.Table) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray] | pa.Table) -> Iterator[dict[str, np.ndarray]]:
+        """Decode a batch of videos; yield their rows in input order, whole videos per output
+        batch, a batch as soon as its frames reach `output_bytes` (a video larger than that
+        alone), so the frames of a batch of long videos are never all held, and copied, at
+        once. Ray Data takes the generator as is; :meth:`decode_batch` joins the batches."""
         columns = _numpy_columns(batch)
         num_rows = len(columns[schema.VIDEO_ID])
         started = time.perf_counter()
-        results = self._decoders.map(
+        clip_bytes = self.config.num_frames * self.config.size**2 * 3
+        results = self._decoders.imap(
             lambda decoder, i: self._decode_row(decoder, columns, i), range(num_rows)
         )
-        out = self._assemble(columns, results)
+        group, group_bytes, first, rows = [], 0, 0, 0
+        for result in results:
+            group.append(result)
+            group_bytes += max(1, len(result[1].clips)) * clip_bytes
+            if group_bytes >= self.output_bytes:
+                rows += group_bytes // clip_bytes
+                yield self._assemble(columns, group, first)
+                first += len(group)
+                group, group_bytes = [], 0
+        if group or not num_rows:
+            rows += group_bytes // clip_bytes
+            yield self._assemble(columns, group, first)
         logger.debug(
             "decoded %d videos into %d rows in %.2f s",
             num_rows,
-            len(out[schema.VIDEO_ID]),
+            rows,
             time.perf_counter() - started,
         )
-        return out
+
+    def decode_batch(self, batch: dict[str, np.ndarray] | pa.Table) -> dict[str, np.ndarray]:
+        """All rows of a batch as one output batch (callers outside Ray Data)."""
+        parts = list(self(batch))
+        if len(parts) == 1:
+            return parts[0]
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
     @property
     def child_pids(self) -> list[int | None]:
@@ -785,8 +819,12 @@ class DecodeStage:
         return video_id, result, time.perf_counter() - video_started
 
     def _assemble(
-        self, columns: dict[str, np.ndarray], results: list[tuple[str, DecodeResult, float]]
+        self,
+        columns: dict[str, np.ndarray],
+        results: list[tuple[str, DecodeResult, float]],
+        first: int = 0,
     ) -> dict[str, np.ndarray]:
+        """Rows of `results`, the videos of input rows `first, first + 1, ...`."""
         t, size = self.config.num_frames, self.config.size
         num_out = sum(max(1, len(r.clips)) for _, r, _ in results)
         frames = np.zeros((num_out, t, size, size, 3), np.uint8)
@@ -818,7 +856,7 @@ class DecodeStage:
                     rows[name].append(value)
         out = {name: np.array(rows[name], _ROW_COLUMNS[name]) for name in _ROW_COLUMNS}
         out[schema.FRAMES], out[schema.FRAME_INDICES] = frames, indices
-        take = np.asarray(source, np.int64)
+        take = np.asarray(source, np.int64) + first
         for name, values in columns.items():
             if name not in _MANIFEST_COLUMNS and name not in out:
                 out[name] = values[take]

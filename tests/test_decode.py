@@ -235,7 +235,7 @@ def test_batch_with_every_kind_of_bad_row(media, s3_bucket, caplog, decoders):
     }
     stage = DecodeStage(config, decoders=decoders)
     with caplog.at_level(logging.DEBUG, logger="pipeline.decode"):
-        out = stage(batch)
+        out = stage.decode_batch(batch)
     stage.close()
     # With several decoders the batch ran in parallel: more than one feeding thread started
     # a decoder process (each thread grabs its own decoder before any child is up).
@@ -455,7 +455,7 @@ def test_stage_accepts_arrow_batches_and_odd_values(media):
         }
     )
     stage = DecodeStage(DecodeConfig(allowed_roots=(str(media),), num_frames=2, clip_seconds=10))
-    out = stage(table)
+    out = stage.decode_batch(table)
     assert list(out[schema.VIDEO_ID]) == ["a", "b", "c", "d", "d", "d"]
     assert list(out[schema.STATUS]) == ["ok", "ok", "uri_rejected", "ok", "ok", "ok"]
     assert list(out[schema.NUM_CLIPS]) == [1, 1, 1, 3, 3, 3]
@@ -469,13 +469,30 @@ def test_stage_accepts_arrow_batches_and_odd_values(media):
     assert (out[schema.CLIP_START_S][0], out[schema.CLIP_END_S][0]) == (2.0, 6.0)
     assert list(out["tags"][0]) == ["x"] and list(out["tags"][5]) == ["y"]
     assert schema.START_S not in out and schema.VERSION not in out
-    empty = stage(table.slice(0, 0))
+    # Output is cut into whole videos once a batch holds `output_bytes` of frames: here
+    # every clip (2 x 224 x 224 x 3 bytes) reaches it, so each video comes out on its own.
+    small = DecodeStage(stage.config, output_bytes=1)
+    try:
+        parts = list(small(table))
+    finally:
+        small.close()
+    assert [list(p[schema.VIDEO_ID]) for p in parts] == [["a"], ["b"], ["c"], ["d", "d", "d"]]
+    assert [list(p["tags"][-1]) if p["tags"][-1] is not None else None for p in parts] == [
+        ["x"],
+        [],
+        None,
+        ["y"],
+    ]
+    whole = {name: np.concatenate([p[name] for p in parts]) for name in out}
+    for name in (schema.VIDEO_ID, schema.STATUS, schema.CLIP_START_S, schema.FRAMES):
+        np.testing.assert_array_equal(whole[name], out[name])
+    empty = stage.decode_batch(table.slice(0, 0))
     assert empty[schema.FRAMES].shape == (0, 2, 224, 224, 3) and len(empty["tags"]) == 0
     (pid,) = stage.child_pids
     assert pid is not None
     stage.close()
     assert stage.child_pids == [None]
-    again = stage(table.slice(1, 1))  # usable after close: the decoder restarts
+    again = stage.decode_batch(table.slice(1, 1))  # usable after close: the decoder restarts
     assert list(again[schema.STATUS]) == ["ok"] and stage.child_pids != [None]
     stage.close()
 

@@ -61,7 +61,7 @@ def test_metadata_nulls_survive_decode_embed_and_sink(root, tmp_path):
     )
     decode = DecodeStage(DecodeConfig(allowed_roots=(str(root),), base_dir=str(root)))
     try:
-        decoded = decode(manifest)
+        decoded = decode.decode_batch(manifest)
     finally:
         decode.close()
     assert list(decoded["year"]) == [2020, None, 1999, None]
@@ -101,7 +101,7 @@ def test_secrets_in_uris_without_a_scheme_never_reach_rows_or_logs(root, tmp_pat
     base_dir = str(root) if base == "local" else "s3://catalog/videos"
     stage = DecodeStage(DecodeConfig(allowed_roots=(str(root),), base_dir=base_dir))
     with caplog.at_level(logging.DEBUG):
-        out = stage(batch)
+        out = stage.decode_batch(batch)
         stage.close()
         config = SinkConfig(db_uri=str(tmp_path / "db"))
         with LanceSink(config) as sink:

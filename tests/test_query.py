@@ -293,7 +293,7 @@ def test_video_query_goes_through_the_pipeline_decode_and_model(tmp_path):
         }
     )
     stage = EmbedStage(EmbedConfig(model=SPEC, signature_extra=signature_inputs(decode)))
-    rows = stage(DecodeStage(decode)(manifest))
+    rows = stage(DecodeStage(decode).decode_batch(manifest))
     db = str(tmp_path / "db")
     with LanceSink(SinkConfig(db_uri=db, metadata_fields=META)) as sink:
         sink.write(rows)

@@ -197,7 +197,7 @@ def catalog(tmp_path_factory):
     embed = EmbedConfig(
         model=SPEC, store_vision_tokens=True, signature_extra=signature_inputs(decode)
     )
-    rows = EmbedStage(embed)(DecodeStage(decode)(pq.read_table(manifest)))
+    rows = EmbedStage(embed)(DecodeStage(decode).decode_batch(pq.read_table(manifest)))
     assert set(rows[schema.STATUS]) == {"ok"} and len(rows[schema.STATUS]) == 12
     db = str(root / "db")
     config = SinkConfig(db, metadata_fields=META, store_vision_tokens=True)
