@@ -74,7 +74,8 @@ TINY_VOCAB_WORDS = (
 #: succeeds: a re-decode must use the run's values, not the defaults.
 RUN_DECODE_FIELDS = (
     *("num_frames", "size", "clip_seconds", "clip_overlap_s", "decoder", "timeout_s"),
-    *("memory_limit_mb", "max_width", "max_height", "max_duration_s", "max_attempts"),
+    *("memory_limit_mb", "max_width", "max_height", "max_duration_s", "max_bytes"),
+    "max_attempts",
 )
 
 

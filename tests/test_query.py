@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -339,6 +340,7 @@ def test_decode_settings_of_the_latest_run_are_reproduced(tmp_path):
         max_width=1920,
         max_height=1080,
         max_duration_s=600.0,
+        max_bytes=50 << 30,
         decoder="pyav",
         allowed_roots=(str(tmp_path / "media"),),
         base_dir=str(tmp_path / "media"),
@@ -357,6 +359,10 @@ def test_decode_settings_of_the_latest_run_are_reproduced(tmp_path):
     write_json(f"{runs}/20260102T000000Z-new.config.json", run.to_dict(), s3)
     assert query.decode_config_of_runs(db, "videos", S3Config()) == decode
     assert CatalogSearch(db).decode == decode
+    # A new DecodeConfig field must be classified: reproduced, or deliberately not.
+    local_only = {"temp_dir", "fault_injection", "allowed_roots", "base_dir", "s3"}
+    fields = {f.name for f in dataclasses.fields(DecodeConfig)}
+    assert fields - local_only == set(query.RUN_DECODE_FIELDS)
 
 
 # ---- CLI --------------------------------------------------------------------------------
