@@ -11,10 +11,12 @@ pickles: the child parses hostile input, so the parent must not execute what it 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import fcntl
 import io
+import itertools
 import json
 import logging
 import math
@@ -681,7 +683,9 @@ class DecoderPool:
     def imap(
         self, fn: Callable[[IsolatedDecoder, Any], Any], items: Iterable[Any]
     ) -> Iterator[Any]:
-        """`map`, lazily: each result as soon as it and those before it are done."""
+        """`map`, lazily: results in input order, each as soon as it and those before it
+        are done. At most twice as many items as there are decoders are in flight or done
+        but not yet taken, so a slow consumer bounds the results held (long videos)."""
 
         def call(item: Any) -> Any:
             decoder = self._free.get()
@@ -694,7 +698,7 @@ class DecoderPool:
             return (call(item) for item in items)
         if self._threads is None:
             self._threads = ThreadPoolExecutor(len(self.decoders), thread_name_prefix="decode")
-        return self._threads.map(call, items)  # in input order
+        return _windowed(self._threads, call, iter(items), 2 * len(self.decoders))
 
     @property
     def child_pids(self) -> list[int | None]:
@@ -708,6 +712,17 @@ class DecoderPool:
             self._threads = None
         for decoder in self.decoders:
             decoder.close()
+
+
+def _windowed(
+    threads: ThreadPoolExecutor, call: Callable[[Any], Any], items: Iterator[Any], window: int
+) -> Iterator[Any]:
+    """`call` over `items` on `threads`, results in input order, `window` submitted ahead."""
+    pending = collections.deque(threads.submit(call, i) for i in itertools.islice(items, window))
+    while pending:
+        result = pending.popleft().result()
+        pending.extend(threads.submit(call, i) for i in itertools.islice(items, 1))
+        yield result
 
 
 # ---- Ray Data stage ---------------------------------------------------------------------

@@ -29,7 +29,7 @@ from media import (
 from models.internvideo2.preprocess import middle_frame_indices, window_frame_indices
 from pipeline import decode, schema
 from pipeline._decode_worker import MIN_TAIL_CLIP_S, decode_path, plan_clips
-from pipeline.decode import DecodeConfig, DecodeStage, IsolatedDecoder, S3Config
+from pipeline.decode import DecodeConfig, DecoderPool, DecodeStage, IsolatedDecoder, S3Config
 from pipeline.schema import Status
 
 SECRET = "s3cr3tK3y"
@@ -617,3 +617,25 @@ def test_malformed_replies_are_refused(header, size):
         {"status": "ok", "clips": [good_clip], "shape": [1, 4, 224, 224, 3], "decoder": "pyav"},
         602112,
     )
+
+
+def test_decoder_pool_imap_keeps_order_and_a_bounded_window():
+    """Results come in input order, and a consumer that stops taking them stops the pool
+    after a window of twice the decoders: a batch of long videos is not all held at once."""
+    pool = DecoderPool(DecodeConfig(), size=2)
+    started: list[int] = []
+
+    def work(decoder, i):  # the decoders' processes are never started: nothing decodes
+        started.append(i)
+        time.sleep(0.01 * (i % 3))
+        return i * i
+
+    try:
+        results = pool.imap(work, range(50))
+        assert next(results) == 0
+        time.sleep(0.3)
+        assert len(started) <= 2 * 2 + 1
+        assert list(results) == [i * i for i in range(1, 50)]
+        assert pool.map(work, range(7)) == [i * i for i in range(7)]
+    finally:
+        pool.close()
