@@ -154,10 +154,10 @@ def build_dataset(
         EmbedStage,
         fn_constructor_kwargs={"config": embed, "model_identity": model_identity},
         batch_size=resources.embed_batch_clips,
-        batch_format="numpy",
+        batch_format="pyarrow",  # metadata columns pass through with their types and nulls
         compute=ray.data.ActorPoolStrategy(size=resources.embed_actors),
         num_cpus=resources.embed_cpus,
-        zero_copy_batch=False,
+        zero_copy_batch=True,  # the stage reads the frames and builds a new table
         **embed_kwargs,
         **retry,
     )

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 import torch
+from ray.data.block import BlockAccessor
 
 from models.internvideo2 import (
     InternVideo2,
@@ -165,10 +167,39 @@ class EmbedStage:
     def embed_frames(self, frames: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
         return encode_frames(self.model, frames)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray] | pa.Table) -> dict[str, np.ndarray] | pa.Table:
+        """Embed a batch. An Arrow table (what the pipeline passes) comes back as one: the
+        columns this stage does not write keep their exact types and nulls (numpy would
+        turn an int64 column with a null into float64, rounding values above 2**53)."""
+        if isinstance(batch, pa.Table):
+            frames = BlockAccessor.for_block(batch).to_numpy(schema.FRAMES)
+            message = (
+                batch[schema.MESSAGE].to_numpy(zero_copy_only=False)
+                if schema.MESSAGE in batch.column_names
+                else None
+            )
+            columns = self._embed(
+                frames, batch[schema.STATUS].to_numpy(zero_copy_only=False), message
+            )
+            out = batch.drop_columns([schema.FRAMES])
+            for name, values in columns.items():
+                array = _arrow(values)
+                if name in out.column_names:
+                    out = out.set_column(out.column_names.index(name), name, array)
+                else:
+                    out = out.append_column(name, array)
+            return out
         frames = batch.pop(schema.FRAMES)
+        batch.update(self._embed(frames, batch[schema.STATUS], batch.get(schema.MESSAGE)))
+        return batch
+
+    def _embed(
+        self, frames: np.ndarray, status: np.ndarray, message: np.ndarray | None
+    ) -> dict[str, np.ndarray]:
+        """The columns this stage writes for a batch: `status`/`message` (a model failure
+        marks the rows, it never drops them), `embedding`, timings and provenance."""
         n = len(frames)
-        ok = np.asarray(batch[schema.STATUS]) == schema.Status.OK.value
+        ok = np.asarray(status) == schema.Status.OK.value
         emb = np.zeros((n, schema.EMBED_DIM), np.float32)
         tokens_out: list[bytes] = [b""] * n
         shapes = np.zeros((n, 2), np.int32)
@@ -184,20 +215,31 @@ class EmbedStage:
                         shapes[i] = tok.shape[1:]
             except Exception as exc:  # a model failure marks the rows; it never drops them
                 logger.exception("embedding %d clips failed", len(idx))
-                status = np.asarray(batch[schema.STATUS], dtype=object)
+                status = np.array(status, dtype=object)
                 status[idx] = schema.Status.EMBED_ERROR.value
-                batch[schema.STATUS] = status
-                message = np.asarray(batch[schema.MESSAGE], dtype=object)
+                message = np.array([None] * n if message is None else message, dtype=object)
                 message[idx] = f"{type(exc).__name__}: {exc}"[:500]
-                batch[schema.MESSAGE] = message
         elapsed = time.perf_counter() - start
         self.embed_seconds += elapsed
-        batch[schema.EMBEDDING] = emb
-        batch[schema.EMBED_SECONDS] = np.full(n, elapsed / max(n, 1))
-        batch[schema.MODEL] = np.full(n, self.identity, dtype=object)
-        batch[schema.SIGNATURE] = np.full(n, self.signature, dtype=object)
-        batch[schema.NUM_FRAMES] = np.full(n, self.config.model.num_frames, np.int32)
+        columns = {
+            schema.STATUS: status,
+            **({} if message is None else {schema.MESSAGE: message}),
+            schema.EMBEDDING: emb,
+            schema.EMBED_SECONDS: np.full(n, elapsed / max(n, 1)),
+            schema.MODEL: np.full(n, self.identity, dtype=object),
+            schema.SIGNATURE: np.full(n, self.signature, dtype=object),
+            schema.NUM_FRAMES: np.full(n, self.config.model.num_frames, np.int32),
+        }
         if self.config.store_vision_tokens:
-            batch[schema.VISION_TOKENS] = np.array(tokens_out, dtype=object)
-            batch[schema.VISION_TOKENS_SHAPE] = shapes
-        return batch
+            columns[schema.VISION_TOKENS] = np.array(tokens_out, dtype=object)
+            columns[schema.VISION_TOKENS_SHAPE] = shapes
+        return columns
+
+
+def _arrow(values: np.ndarray) -> pa.Array:
+    """A column this stage writes, as Arrow: `[N, D]` numbers become fixed-size lists."""
+    if values.ndim == 2:
+        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+    if values.dtype == object:
+        return pa.array(values.tolist())
+    return pa.array(values)

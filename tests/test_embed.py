@@ -1,6 +1,8 @@
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
+from ray.data.block import BlockAccessor
 
 from pipeline import schema
 from pipeline.embed import EmbedConfig, EmbedStage, ModelSpec, signature
@@ -62,6 +64,29 @@ def test_model_failure_marks_rows_instead_of_dropping_them(stage):
     out = stage(b)
     assert out[schema.STATUS].tolist() == ["embed_error"] * 3
     assert all("tokens" in m or "Error" in m for m in out[schema.MESSAGE])
+
+
+def test_arrow_batches_come_back_as_arrow_with_the_same_rows(stage):
+    """The pipeline passes Arrow blocks: columns the stage does not write keep their types
+    and nulls, and the embeddings equal the numpy path's."""
+    b = batch(3, failed=(1,))
+    block = BlockAccessor.batch_to_block({k: v.copy() for k, v in b.items()})
+    block = block.append_column("year", pa.array([2**60 + 1, None, 7], pa.int64()))
+    out = stage(block)
+    assert isinstance(out, pa.Table) and schema.FRAMES not in out.column_names
+    assert out["year"].type == pa.int64() and out["year"].to_pylist() == [2**60 + 1, None, 7]
+    assert out[schema.STATUS].to_pylist() == ["ok", "timeout", "ok"]
+    emb = np.stack(out[schema.EMBEDDING].to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(emb, stage(b)[schema.EMBEDDING], atol=1e-6)
+    assert out[schema.VISION_TOKENS_SHAPE].to_pylist()[1] == [0, 0]
+    assert (
+        len(out[schema.VISION_TOKENS][0].as_py()) > 0 == len(out[schema.VISION_TOKENS][1].as_py())
+    )
+    failed = stage(BlockAccessor.batch_to_block(batch(2, failed=(), size=64)))
+    assert failed[schema.STATUS].to_pylist() == ["embed_error"] * 2
+    assert all(
+        m.startswith(("RuntimeError", "ValueError")) for m in failed[schema.MESSAGE].to_pylist()
+    )
 
 
 def test_model_spec_validation():
