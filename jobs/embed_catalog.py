@@ -37,7 +37,7 @@ from pipeline.runner import (
     summarize,
 )
 from pipeline.sink import SinkConfig, TableSchemaError
-from pipeline.uris import redact_text
+from pipeline.uris import redact_text, redact_values
 
 log = logging.getLogger("vidcat.embed_catalog")
 
@@ -252,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("invalid arguments: %s", redact_text(str(exc)))
         return EXIT_INVALID_INPUT
     # Credentials or signatures in --manifest, --db or any other URI stay out of the log.
-    log.info("resolved config: %s", redact_text(json.dumps(cfg.to_dict(), sort_keys=True)))
+    # Each value is redacted whole, before dumping: a secret holding a quote or a space
+    # would be cut short by redact_text's scan of the JSON text.
+    log.info("resolved config: %s", json.dumps(redact_values(cfg.to_dict()), sort_keys=True))
     try:
         report = run(cfg)
     except (ManifestError, TableSchemaError) as exc:

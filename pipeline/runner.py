@@ -194,8 +194,24 @@ def _version_resolver(decode: DecodeConfig):
 def run(cfg: RunConfig) -> dict[str, Any]:
     """Execute one run and return its report (also written beside the table).
 
+    A failed post-run maintenance is not raised: the data is committed, so the report
+    records the error and sets `exit_code` to `EXIT_FAILED`; more failed videos than
+    `max_error_rate` set it to `EXIT_TOO_MANY_ERRORS`.
+
     Raises:
-        ManifestError / TableSchemaError / ValueError: invalid input, before any GPU work.
+        ManifestError: the manifest is missing, unreadable or invalid; raised by
+            `validate_manifest` before any table is opened.
+        TableSchemaError: an existing table (embeddings, errors or vision tokens) was
+            written under another schema version or has other columns; raised while the
+            tables are opened, before any row is written.
+        Exception: any other error propagates as is. Some come before any work (a
+            `ValueError` from `SinkConfig` when metadata columns clash, a checkpoint that
+            cannot be identified), others after rows were committed (Arrow's and LanceDB's
+            `ValueError`s, `OSError`, Ray errors), so a `ValueError` is not invalid input.
+
+    `jobs/embed_catalog.py` exits `EXIT_INVALID_INPUT` (2) on a `ManifestError` or
+    `TableSchemaError` and `EXIT_FAILED` (1) on any other error, else the report's
+    `exit_code`.
     """
     started_at = datetime.now(UTC)
     run_id = started_at.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]

@@ -8,6 +8,8 @@ checks are pure string work plus `os.path.realpath` (which follows symlinks with
 :func:`redact_uri` is applied to every URI that reaches a table, a log line or an error
 message, and :func:`redact_text` to free text that may quote one, so credentials or
 presigned-URL signatures pasted into a manifest (with or without a scheme) never leak.
+:func:`redact_values` applies :func:`redact_uri` to every string of a JSON-like value
+(a resolved config), so a secret that free-text scanning would miss is still hidden.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import unquote
 
 import numpy as np
@@ -32,6 +34,13 @@ _MAX_SHOWN = 1024
 # whitespace, a quote or an angle bracket; a URI starts at a scheme or at "//".
 _TOKEN = re.compile(r"[^\s'\"<>]+")
 _URI_START = re.compile(r"(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*:|//")
+# Userinfo that token scanning would cut short (a password holding a space, quote or angle
+# bracket): from "scheme://" to the last "@" before the next "/" on the same line, and
+# before any bracket or brace (never in userinfo; FFmpeg writes "[tcp @ 0x55d0]"). Each
+# scan stops at a "/", which every "scheme://" holds, so scans never overlap: linear time.
+_SPLIT_USERINFO = re.compile(r"(?<![A-Za-z0-9+.\-])([A-Za-z][A-Za-z0-9+.\-]*://)([^/\r\n\[\]{}]*)@")
+_TOKEN_BREAK = re.compile(r"[\s'\"<>]")
+_QUERY_MARK = re.compile(r"[?#]")
 
 
 class UriRejected(ValueError):
@@ -67,21 +76,26 @@ def redact_uri(uri: object) -> str:
     """A URI that is safe to store or log.
 
     Userinfo becomes `***@`, a query string `?***` and a fragment `#***`; control
-    characters are escaped and very long values truncated. The same holds without a
-    scheme: `//user:secret@host/key` keeps only the host and path, and a plain path loses
-    everything from its first `?` or `#` (a presigned URL pasted without its scheme), so a
-    local file whose name holds one of them is stored under a name that no longer opens.
-    An `@` in a path is kept. Valid `s3://` and `file://` URIs come back unchanged, so the
-    redacted URI of a row that was embedded can be decoded again.
+    characters are escaped and very long values truncated. Without a scheme,
+    `//user:secret@host/key` keeps only the host and path, and a query string or fragment
+    is hidden only when it looks like parameters: everything from the first `?` or `#` on
+    becomes `?***`/`#***` when an `=` follows it (`bucket/v.mp4?X-Amz-Signature=...`, a
+    presigned URL pasted without its scheme; `v.mp4#access_token=...`). A local file named
+    `/data/Episode #3.mp4` or `/data/what?.mp4` keeps its name, so its row can be decoded
+    again; a bare `?token` without `=` is kept too. An `@` in a path is kept. Valid `s3://`
+    and `file://` URIs come back unchanged, so the redacted URI of a row that was embedded
+    can be decoded again.
     """
     if not isinstance(uri, str):
         return f"<{type(uri).__name__}>"
     match = _SCHEME.match(uri)
     head, rest = (uri[: match.end()], uri[match.end() :]) if match else ("", uri)
+    # Without a scheme the string may be a local file whose name holds a "?" or "#".
+    params_only = not head
     if not rest.startswith("//"):
         if head and "@" in rest:  # "scheme:opaque": hide anything that looks like userinfo
             rest = "***@" + rest.rpartition("@")[2]
-        return _printable(head + _strip_query(rest))
+        return _printable(head + _strip_query(rest, params_only))
     # The authority ends at the first "/" here, not at "?" or "#", so a secret holding
     # those characters is still hidden.
     authority, slash, path = rest[2:].partition("/")
@@ -91,11 +105,12 @@ def redact_uri(uri: object) -> str:
         # "user:secret/with/slashes@host/..." splits the secret at its first "/"; a valid
         # s3 bucket never holds ":", so hiding everything up to the last "@" is safe.
         authority, slash, path = "***@" + path.rpartition("@")[2], "", ""
-    return _printable(head + "//" + _strip_query(authority + slash + path))
+    return _printable(head + "//" + _strip_query(authority + slash + path, params_only))
 
 
 #: Characters `redact_uri` may change (userinfo, query, fragment, anything non-printable or
 #: non-ASCII): a URI without any of them and at most `_MAX_SHOWN` long comes back as is.
+#: Rows that match but need no change (a file named "Episode #3.mp4") come back as is too.
 _NEEDS_REDACTION = r"[@?#]|[^\x20-\x7e]"
 
 
@@ -121,14 +136,48 @@ def redact_uris(uris: pa.Array | pa.ChunkedArray) -> pa.Array:
     return pa.array(values, pa.string())
 
 
+def redact_values(value: Any) -> Any:
+    """A JSON-like value (dicts, lists, scalars) with `redact_uri` applied to every string.
+
+    For structured data such as a resolved config, where each URI is a whole string: a
+    secret holding a space or a quote, which `redact_text` may miss, is hidden too. Keys,
+    numbers, booleans and None are kept, and so are strings without userinfo, parameters
+    or control characters ("decord", "incremental", "7 days, 0:00:00", paths).
+    """
+    if isinstance(value, dict):
+        return {k: redact_values(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_values(v) for v in value]
+    return redact_uri(value) if isinstance(value, str) else value
+
+
 def redact_text(text: str) -> str:
     """Free text (an error message, a log line) with `redact_uri` applied to every URI in it.
 
-    A URI is the rest of a token from a `scheme:` or a `//` on, or a whole token whose query
-    or fragment follows a `/` or holds a `=` (`bucket/v.mp4?X-Amz-Signature=...`). Tokens
-    without `@`, `?` or `#` stay as they are, and so does FFmpeg's "Stream #0:0".
+    Text is scanned token by token, a token ending at whitespace, a quote or an angle
+    bracket. A URI is the rest of a token from a `scheme:` or a `//` on, or a whole token
+    whose query or fragment follows a `/` or holds a `=` (`bucket/v.mp4?X-Amz-Signature=`).
+    Tokens without `@`, `?` or `#` stay as they are, and so does FFmpeg's "Stream #0:0".
+
+    Userinfo `user:secret` whose secret holds one of those breaks is caught only after a
+    scheme and within one line: from `scheme://` to the last `@` before the next `/`
+    becomes `scheme://***@` (`s3://AKIA:se'cret@bucket/k`). Hence the limits: without a
+    scheme (`//user:p w@host/k`) such a secret is shown, and so may be one whose user
+    name holds a break; and a path-less URL with a port followed on its line by an `@`
+    before any `/` (`http://h:9000 or me@x.org`) loses the text between them. Structured
+    values (a config) should go through `redact_values` instead.
     """
-    return _TOKEN.sub(_redact_token, text)
+    return _TOKEN.sub(_redact_token, _SPLIT_USERINFO.sub(_redact_split_userinfo, text))
+
+
+def _redact_split_userinfo(match: re.Match) -> str:
+    userinfo = match.group(2)
+    split = _TOKEN_BREAK.search(userinfo)
+    # No break: one token, left to `_redact_token`. No "user:" before the break: prose
+    # ("s3://bucket failed for me@x.org"), not userinfo.
+    if split is None or ":" not in userinfo[: split.start()]:
+        return match.group()
+    return match.group(1) + "***@"
 
 
 def _redact_token(match: re.Match) -> str:
@@ -144,11 +193,16 @@ def _redact_token(match: re.Match) -> str:
     return token  # an "@" in a path is not userinfo
 
 
-def _strip_query(text: str) -> str:
-    for mark in ("?", "#"):
-        if mark in text:
-            text = text.split(mark, 1)[0] + mark + "***"
-    return text
+def _strip_query(text: str, params_only: bool = False) -> str:
+    """`text` up to its first `?` or `#`, followed by that mark and `***`.
+
+    With `params_only`, unchanged unless an `=` follows the mark: a local file name may
+    hold a `?` or `#`, a query string or fragment worth hiding holds parameters.
+    """
+    mark = _QUERY_MARK.search(text)
+    if mark is None or (params_only and "=" not in text[mark.end() :]):
+        return text
+    return text[: mark.end()] + "***"
 
 
 def resolve_uri(

@@ -94,7 +94,7 @@ def test_secrets_in_uris_without_a_scheme_never_reach_rows_or_logs(root, tmp_pat
     uris = {
         "network-path": "//AKIAX:SECRET@minio/bucket/v.mp4",
         "presigned": "bucket/v.mp4?X-Amz-Signature=SIG",
-        "fragment": "bucket/v.mp4#SIG",
+        "fragment": "bucket/v.mp4#token=SIG",
     }
     batch = {
         schema.VIDEO_ID: np.array(list(uris), dtype=object),

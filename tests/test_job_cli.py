@@ -120,3 +120,27 @@ def test_the_resolved_config_is_logged_redacted(job, monkeypatch, caplog):
     assert shown["manifest"] == "s3://***@bucket/m.parquet?***"
     assert shown["db"] == "//***@minio/db"
     assert not [r for r in caplog.records if "SECRET" in r.getMessage() or "SIG" in r.getMessage()]
+
+
+def test_the_resolved_config_hides_secrets_holding_quotes_or_spaces(job, monkeypatch, caplog):
+    """Each config value is redacted whole, so a password that splits a free-text token
+    (legal in userinfo, or pasted by hand) is hidden, and every other value is logged as is."""
+    seen = []
+
+    def refuse(cfg):
+        seen.append(cfg)
+        raise ManifestError("manifest is unusable")
+
+    monkeypatch.setattr(embed_catalog, "run", refuse)
+    caplog.set_level(logging.INFO)
+    argv = ["--manifest", "s3://AKIA:se'cret@bucket/m.parquet", "--db", "s3://u:p w@bucket/db"]
+    # Without a scheme, free-text redaction cannot tell where such a secret ends.
+    argv += ["--allowed-root", "//u:p w@minio/videos"]
+    assert job(*argv) == runner.EXIT_INVALID_INPUT
+    [config] = [r.getMessage() for r in caplog.records if "resolved config" in r.getMessage()]
+    assert "se'cret" not in config and "cret@" not in config and "p w" not in config
+    expected = seen[0].to_dict()
+    expected.update(manifest="s3://***@bucket/m.parquet", db="s3://***@bucket/db")
+    expected.update(allowed_roots=["//***@minio/videos"])
+    assert json.loads(config.partition(": ")[2]) == expected
+    assert expected["mode"] == "incremental" and expected["decode"]["decoder"] == "decord"

@@ -14,6 +14,7 @@ from pipeline.uris import (
     redact_text,
     redact_uri,
     redact_uris,
+    redact_values,
     resolve_uri,
 )
 
@@ -30,13 +31,24 @@ REDACTION_CASES = [
     ("s3://bucket/user@example.com/v.mp4", "s3://bucket/user@example.com/v.mp4"),
     ("file:///data/v.mp4", "file:///data/v.mp4"),
     ("/data/a@b.mp4", "/data/a@b.mp4"),  # an "@" in a path is not userinfo
-    ("/data/a@b?.mp4", "/data/a@b?***"),
+    # With a scheme, any query string or fragment is hidden.
+    ("s3://bucket/Episode #3.mp4", "s3://bucket/Episode #***"),
+    ("file:///data/what?.mp4", "file:///data/what?***"),
     # Without a scheme: a network-path reference, a presigned URL's path and query.
     ("//AKIAEXAMPLE:s3cr3t@minio/bucket/v.mp4", "//***@minio/bucket/v.mp4"),
     ("//AKIAEXAMPLE:s3/cr3t@minio/bucket/v.mp4", "//***@minio/bucket/v.mp4"),
-    ("//minio/bucket/v.mp4#s3cr3t", "//minio/bucket/v.mp4#***"),
+    ("//minio/bucket/v.mp4#token=s3cr3t", "//minio/bucket/v.mp4#***"),
     ("bucket/v.mp4?X-Amz-Signature=s3cr3t", "bucket/v.mp4?***"),
-    ("/data/v.mp4#s3cr3t", "/data/v.mp4#***"),
+    ("/data/v.mp4#access_token=s3cr3t", "/data/v.mp4#***"),
+    ("a.mp4#access_token=s3cr3t", "a.mp4#***"),
+    ("/data/Episode #3.mp4?sig=s3cr3t", "/data/Episode #***"),  # "=" after the first mark
+    # ...but a "?" or "#" not followed by parameters is part of a file name.
+    ("/data/Episode #3.mp4", "/data/Episode #3.mp4"),
+    ("/data/what?.mp4", "/data/what?.mp4"),
+    ("/data/a@b?.mp4", "/data/a@b?.mp4"),
+    ("ep#1.mp4", "ep#1.mp4"),
+    ("ep#2.mp4", "ep#2.mp4"),
+    ("//data/Episode #3.mp4", "//data/Episode #3.mp4"),
     ("/data/x\x00y\n.mp4", "/data/x\\x00y\\n.mp4"),
 ]
 
@@ -68,9 +80,22 @@ def test_redact_uris_matches_redact_uri_row_by_row():
         ("v.mp4?sig=s3cr3t, retry", "v.mp4?*** retry"),
         ("opts=s3://AKIAX:s3cr3t@b/k", "opts=s3://***@b/k"),
         ("AKIAX:s3cr3t@minio/b/v.mp4", "AKIAX:***@minio/b/v.mp4"),
+        ("No such file: '/data/Episode #3.mp4?sig=s3cr3t'", "No such file: '/data/Episode #***'"),
+        # A password holding a token break (a quote, a space, an angle bracket).
+        ("GET s3://AKIA:s3'cr3t@bucket/m.parquet: 403", "GET s3://***@bucket/m.parquet: 403"),
+        ('{"db": "s3://u:s3 cr3t@bucket/db"}', '{"db": "s3://***@bucket/db"}'),
+        ("<https://u:s3<cr3t>@h/v.mp4>", "<https://***@h/v.mp4>"),
+        ("a\nb s3://u:s3 cr3t@b/k\nc@d", "a\nb s3://***@b/k\nc@d"),
         # Nothing URI-like: left alone.
         ("Stream #0:0: Video: h264, user@example.com, what?", None),
         ("decord: RuntimeError: boom; pyav: EOF", None),
+        ("Stream #0:0(und): Video: h264 (High) (avc1 / 0x31637661), yuv420p, 1920x1080", None),
+        ("Invalid data found when processing input", None),
+        ("No such file: PosixPath('/data/Episode #3.mp4')", None),
+        ("[Errno 2] No such file or directory: '/data/what?.mp4'", None),
+        ("[tcp @ 0x55d0] Connection to tcp://h:443 failed [http @ 0x55d1] retry", None),
+        ("s3://bucket failed for user@example.com: timeout", None),
+        ("copy s3://b/k to s3://b/k2 'done' by me@x.org", None),
     ],
 )
 def test_redact_text(text, shown):
@@ -82,6 +107,27 @@ def test_redact_text_is_linear_on_long_tokens():
     shown = redact_text("a/" * 50_000 + "?sig=s3cr3t " + "b" * 100_000 + "#")
     assert time.monotonic() - started < 2.0  # a backtracking regex takes hours here
     assert "s3cr3t" not in shown and shown.endswith(" " + "b" * 100_000 + "#")
+    started = time.monotonic()
+    for text in ["s3://u:p w " * 50_000, "s3://" + "u:p w@" * 50_000, "a://" * 50_000]:
+        redact_text(text)
+    assert time.monotonic() - started < 2.0
+
+
+def test_redact_values_redacts_every_string_and_keeps_the_rest():
+    config = {
+        "manifest": "s3://AKIA:s3'cr3t@bucket/m.parquet",
+        "roots": ["/data/Episode #3.mp4", "//u:s3 cr3t@minio/b"],
+        "nested": {"db": "https://h/db?X-Amz-Signature=s3cr3t", "n": 3, "on": True, "x": None},
+        "enums": ["decord", "pyav", "incremental", "full", "all", "cuda", "7 days, 0:00:00"],
+        "checkpoint": "OpenGVLab/InternVideo2@main",
+    }
+    assert redact_values(config) == {
+        "manifest": "s3://***@bucket/m.parquet",
+        "roots": ["/data/Episode #3.mp4", "//***@minio/b"],
+        "nested": {"db": "https://h/db?***", "n": 3, "on": True, "x": None},
+        "enums": config["enums"],
+        "checkpoint": "OpenGVLab/InternVideo2@main",
+    }
 
 
 def test_redact_uri_non_strings_and_long_values():
