@@ -4,12 +4,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO ?= demo_out
 CHECKPOINT ?=
+# bert-large-uncased (directory holding vocab.txt) for the real model's query; without it
+# the query fetches it from the hub, and the demo refuses to start when HF_HUB_OFFLINE is set.
+TOKENIZER ?=
 
 .PHONY: setup test lint format demo bench clean
 
 setup: $(VENV)/.installed
 
-# torch first: 2.13.0 is the CPU build on the dev/CI disk; GPU images bring their CUDA build.
+# torch first. It is the CPU build only where pip's config points at local CPU wheels (the
+# dev/CI machine); elsewhere PyPI's default (CUDA on Linux) unless .venv already holds the
+# wheel from --index-url https://download.pytorch.org/whl/cpu (README). GPU images bring
+# their CUDA build.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -29,7 +35,8 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 demo: setup
-	$(PY) jobs/demo.py --out $(DEMO) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+	$(PY) jobs/demo.py --out $(DEMO) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
+		$(if $(TOKENIZER),--tokenizer $(TOKENIZER))
 
 bench: setup
 	$(PY) benchmarks/encoder_throughput.py --tiny

@@ -1,11 +1,14 @@
 """The demo: make the sample catalog, embed it, and search it.
 
     make demo                                  # tiny random model, clearly labelled
-    make demo CHECKPOINT=/models/InternVideo2-stage2_1b-224p-f4.pt
+    make demo CHECKPOINT=/models/InternVideo2-stage2_1b-224p-f4.pt \
+        TOKENIZER=/models/bert-large-uncased
 
 Uses an embedded local Ray and local directories. With `--checkpoint` the real
-InternVideo2 1B embeds the catalog (and `--tokenizer` points at bert-large-uncased);
+InternVideo2 1B embeds the catalog and `--tokenizer` points at bert-large-uncased (else
+the query fetches it from the hub; with HF_HUB_OFFLINE set the demo refuses to start);
 without it, the random `tiny-random` model runs, and every row's `model` column says so.
+An existing catalog is reused when it has `--num-videos` videos and made again otherwise.
 """
 
 from __future__ import annotations
@@ -16,12 +19,50 @@ import os
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs import embed_catalog
 from pipeline.sample_catalog import make_sample_catalog
 
 log = logging.getLogger("vidcat.demo")
+
+
+def tokenizer_problem(checkpoint: str | None, tokenizer: str | None) -> str | None:
+    """Why the query step would fail after the whole embed, or None.
+
+    The real model's query needs bert-large-uncased: from `tokenizer`, else from the hub,
+    which an offline machine cannot reach (a copy in the local hub cache is used when
+    named explicitly: `--tokenizer bert-large-uncased`).
+    """
+    if tokenizer:
+        from models.internvideo2.tokenizer import TokenizerError, load_tokenizer
+
+        try:
+            load_tokenizer(tokenizer)
+        except TokenizerError as exc:
+            return f"--tokenizer: {exc}"
+        return None
+    if not checkpoint:
+        return None  # tiny-random brings its own vocabulary
+    from huggingface_hub import is_offline_mode
+
+    if is_offline_mode():
+        return (
+            "--checkpoint without --tokenizer fetches bert-large-uncased from the hub, but "
+            "HF_HUB_OFFLINE is set: pass --tokenizer DIR (the directory holding its "
+            "vocab.txt; with make: TOKENIZER=DIR)"
+        )
+    return None
+
+
+def catalog_is_current(manifest: Path, num_videos: int) -> bool:
+    """Whether the sample catalog at `manifest` can be reused: it lists `num_videos` videos."""
+    try:
+        return pq.read_metadata(manifest).num_rows == num_videos
+    except (OSError, ValueError):  # missing or not Parquet (ArrowInvalid is a ValueError)
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,13 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer", default=None, help="bert-large-uncased directory (real model)")
     p.add_argument("--query", default="a red circle moving right")
     args = p.parse_args(argv)
+    # Before any work: otherwise the query fails only after the whole embed.
+    if problem := tokenizer_problem(args.checkpoint, args.tokenizer):
+        p.error(problem)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
     out = Path(args.out).resolve()
     manifest = out / "catalog" / "manifest.parquet"
-    if not manifest.exists():
+    if not catalog_is_current(manifest, args.num_videos):
+        if manifest.exists():
+            log.warning("the catalog in %s is not %d videos: making it again", out, args.num_videos)
         make_sample_catalog(str(out / "catalog"), num_videos=args.num_videos)
     model = (
         ["--model", "internvideo2-1b", "--checkpoint", args.checkpoint]
@@ -55,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             str(out / "lancedb"),
             "--max-error-rate",
             "0.0",
+            "--prune",  # the table follows the catalog when a rerun makes it smaller
             *model,
         ]
     )

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import socket
 import uuid
+
+# Offline from the start: huggingface_hub reads HF_HUB_OFFLINE once, when it is imported,
+# so setting it later (monkeypatch in a test) changes nothing. pytest imports this file
+# before any test module, hence before anything imports huggingface_hub or transformers.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 import pytest
 
@@ -74,3 +83,38 @@ def ray_cluster(s3_server):
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Refuse every connection that would leave loopback; yields the hosts that were tried.
+
+    Code under test often wraps errors (a refused connection becomes a "cannot fetch"
+    error), so tests assert the list is empty rather than rely on the exception."""
+    tried: list[str] = []
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+
+    def _loopback(host) -> bool:
+        host = host.decode() if isinstance(host, bytes) else str(host)
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host.split("%")[0]).is_loopback
+        except ValueError:
+            return False
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host is not None and not _loopback(host):
+            tried.append(str(host))
+            raise OSError(f"test network guard: no lookups of {host!r}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
+            tried.append(str(address[0]))
+            raise OSError(f"test network guard: no connections to {address[0]!r}")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return tried

@@ -1,6 +1,7 @@
 """Checkpoint loading: layouts, safety, strict key accounting, interpolation, remote sources."""
 
 import collections
+import logging
 import pickle
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 from models.internvideo2 import InternVideo2, InternVideo2Config, load_internvideo2
 from models.internvideo2.checkpoint import (
     CheckpointError,
+    checkpoint_identity,
     file_digest,
     interpolate_pos_embed,
     is_ignored,
@@ -162,6 +164,45 @@ def test_interpolation_is_linear_in_time_and_keeps_cls():
     assert interpolate_pos_embed(pos, 2, L) is pos
 
 
+def test_other_frame_count_is_interpolated_with_a_warning(tiny_config, caplog):
+    caplog.set_level(logging.WARNING, logger="models.internvideo2.checkpoint")
+    model = load_internvideo2(REF / "checkpoint.pt", tiny_config, num_frames=4)
+    assert model.load_report.interpolated == ["vision_encoder.pos_embed"]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        "vision_encoder.pos_embed" in m and "2 frames" in m and "4 frames" in m for m in warned
+    ), warned
+    caplog.clear()
+    load_internvideo2(REF / "checkpoint.pt", tiny_config)  # same frame count: no warning
+    assert not [r for r in caplog.records if "interpolating" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (1, 1, 64),  # a cls row only: no patch rows to resample
+        (2, 13, 64),  # a batch dimension other than 1
+        (1, 10, 64),  # 9 patch rows, not a multiple of the 4 patches per frame
+    ],
+)
+def test_malformed_pos_embed_is_a_checkpoint_error_naming_the_key(
+    tmp_path, tiny_sd, tiny_config, shape
+):
+    sd = {**tiny_sd, "vision_encoder.pos_embed": torch.zeros(shape)}
+    torch.save(sd, tmp_path / "x.pt")
+    with pytest.raises(
+        CheckpointError, match=r"vision_encoder\.pos_embed: checkpoint .*; the position embedding"
+    ):
+        load_internvideo2(tmp_path / "x.pt", tiny_config, num_frames=4)
+
+
+def test_interpolate_rejects_a_pos_embed_without_patch_rows():
+    with pytest.raises(CheckpointError, match="patch rows"):
+        interpolate_pos_embed(torch.zeros(1, 1, 8), 4, 3)
+    with pytest.raises(CheckpointError, match=r"\[1, 1 \+ L\*T, C\]"):
+        interpolate_pos_embed(torch.zeros(2, 7, 8), 4, 3)
+
+
 def test_digest_is_cached_and_tracks_content(tmp_path):
     f = tmp_path / "w.pt"
     f.write_bytes(b"abc")
@@ -184,7 +225,57 @@ def test_missing_local_checkpoint(tmp_path):
         resolve_checkpoint(tmp_path / "nope.pt")
 
 
-def test_hub_download_offline_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_hub_download_offline_is_a_clear_error(tmp_path, no_network):
+    from huggingface_hub import constants
+
+    assert constants.HF_HUB_OFFLINE  # set by conftest before the hub was imported
     with pytest.raises(CheckpointError, match="Offline"):
         resolve_checkpoint("OpenGVLab/InternVideo2-Stage2_1B-224p-f4@abc123", cache_dir=tmp_path)
+    assert no_network == []
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "weights/missing.pt",
+        "weights/missing.pth",
+        "weights/missing.bin",
+        "weights/missing.safetensors",
+        "weights/missing.CKPT",
+        "org/model.pt@main",
+        "weights/sub/missing",
+        "a/b/c@main",
+    ],
+)
+def test_mistyped_local_path_is_not_found_not_a_hub_repo(tmp_path, monkeypatch, no_network, ref):
+    from models.internvideo2 import checkpoint as ckpt
+
+    hub_calls = []
+    monkeypatch.setattr(ckpt, "_download_hub", lambda *a: hub_calls.append(a))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        resolve_checkpoint(ref, cache_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        checkpoint_identity(ref)
+    assert hub_calls == [] and no_network == []
+
+
+def test_hub_ids_still_go_to_the_hub(tmp_path, monkeypatch, no_network):
+    from models.internvideo2 import checkpoint as ckpt
+
+    hub_calls = []
+    monkeypatch.setattr(ckpt, "_download_hub", lambda spec, cache: hub_calls.append(spec))
+    for ref in ("OpenGVLab/InternVideo2-Stage2_1B-224p-f4", "org/model.v2@main"):
+        resolve_checkpoint(ref, cache_dir=tmp_path)
+    assert hub_calls == ["OpenGVLab/InternVideo2-Stage2_1B-224p-f4", "org/model.v2@main"]
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    assert checkpoint_identity(f"org/model@{sha}") == f"hub:org/model@{sha}"
+    assert no_network == []
+
+
+def test_existing_relative_weights_file_is_used(tmp_path, monkeypatch):
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "w.pt").write_bytes(b"abc")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_checkpoint("weights/w.pt") == Path("weights/w.pt")
+    assert checkpoint_identity("weights/w.pt").startswith("sha256:")

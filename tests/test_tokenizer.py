@@ -43,8 +43,13 @@ def test_tokenizer_feeds_the_model(tokenizer):
     assert emb.shape == (2, 512) and hidden.shape == (2, 40, 32)
 
 
-def test_offline_without_local_copy_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
+def test_offline_without_local_copy_is_a_clear_error(monkeypatch, tmp_path, no_network):
+    from huggingface_hub import constants
+
+    # conftest sets HF_HUB_OFFLINE before huggingface_hub is imported; setting it here
+    # would be too late (the hub reads it once, at import).
+    assert constants.HF_HUB_OFFLINE
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # no local copy
     with pytest.raises(TokenizerError, match="local copy"):
         load_tokenizer("bert-large-uncased")
+    assert no_network == []

@@ -46,6 +46,9 @@ IGNORED_PREFIXES = (
 )
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w.-]+)?$")
+#: A reference whose name ends like a weights file is a (mistyped) local path, never a repo.
+WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+POS_EMBED_KEY = "vision_encoder.pos_embed"
 
 
 class CheckpointError(ValueError):
@@ -92,9 +95,21 @@ def resolve_checkpoint(
     local = Path(text.removeprefix("file://")).expanduser()
     if local.exists():
         return local
-    if _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
+    if _is_hub_id(text):
         return _download_hub(text, cache)
     raise CheckpointError(f"checkpoint not found: {text!r} is no file, s3:// URI or hub repo id")
+
+
+def _is_hub_id(text: str) -> bool:
+    """`org/repo` or `org/repo@revision`; anything with more than one `/` before the
+    revision, or named like a weights file (`weights/missing.pt`), is a local path."""
+    repo_id = text.partition("@")[0]
+    return (
+        bool(_HUB_ID.match(text))
+        and not text.startswith((".", "/", "~"))
+        and repo_id.count("/") == 1
+        and not repo_id.lower().endswith(WEIGHTS_SUFFIXES)
+    )
 
 
 def _download_s3(uri: str, cache: Path, endpoint_url: str | None) -> Path:
@@ -165,7 +180,7 @@ def checkpoint_identity(
     local = Path(text.removeprefix("file://")).expanduser()
     if local.exists():
         return file_digest(local)
-    if not _HUB_ID.match(text):
+    if not _is_hub_id(text):
         raise CheckpointError(f"checkpoint not found: {text!r}")
     repo_id, _, revision = text.partition("@")
     if re.fullmatch(r"[0-9a-f]{40}", revision):
@@ -235,26 +250,46 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
 
 
 def interpolate_pos_embed(
-    pos_embed: torch.Tensor, num_frames: int, patches_per_frame: int
+    pos_embed: torch.Tensor, num_frames: int, patches_per_frame: int, name: str = "pos_embed"
 ) -> torch.Tensor:
     """Resize a `[1, 1 + L*T0, C]` video position embedding to `num_frames` along time.
 
     The cls row is kept; the patch rows, viewed `[T0, L, C]`, are linearly interpolated
     over time (align_corners=False) to `[num_frames, L, C]`.
+
+    Raises:
+        CheckpointError: `pos_embed` (called `name` in the message) is not
+            `[1, 1 + L*T0, C]` with `T0 >= 1`.
     """
-    cls_row, grid = pos_embed[:, :1], pos_embed[:, 1:]
-    c = grid.shape[-1]
-    if grid.shape[1] % patches_per_frame:
-        raise CheckpointError(
-            f"pos_embed has {grid.shape[1]} patch rows, not a multiple of {patches_per_frame}"
-        )
-    t0 = grid.shape[1] // patches_per_frame
+    t0 = pos_embed_frames(pos_embed, patches_per_frame, name)
     if t0 == num_frames:
         return pos_embed
+    cls_row, grid = pos_embed[:, :1], pos_embed[:, 1:]
+    c = grid.shape[-1]
     x = grid.float().reshape(t0, patches_per_frame, c).permute(1, 2, 0)  # [L, C, T0]
     x = F.interpolate(x, size=num_frames, mode="linear", align_corners=False)
     x = x.permute(2, 0, 1).reshape(1, num_frames * patches_per_frame, c).to(pos_embed.dtype)
     return torch.cat([cls_row, x], dim=1)
+
+
+def pos_embed_frames(
+    pos_embed: torch.Tensor, patches_per_frame: int, name: str = "pos_embed"
+) -> int:
+    """The frame count T0 of a `[1, 1 + L*T0, C]` position embedding (L patches per frame).
+
+    Raises:
+        CheckpointError: naming `name`, when the shape is not of that form with `T0 >= 1`.
+    """
+    shape = tuple(pos_embed.shape)
+    if len(shape) != 3 or shape[0] != 1:
+        raise CheckpointError(f"{name} has shape {list(shape)}, not [1, 1 + L*T, C]")
+    rows = shape[1] - 1
+    if rows < 1 or rows % patches_per_frame:
+        raise CheckpointError(
+            f"{name} has {rows} patch rows, not a positive multiple of the model's "
+            f"{patches_per_frame} patches per frame (another image or patch size?)"
+        )
+    return rows // patches_per_frame
 
 
 def convert_state_dict(
@@ -273,6 +308,7 @@ def convert_state_dict(
     cfg = model.config.vision
     out: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
+    why: dict[str, str] = {}  # why a tensor kept a shape the model cannot take
     for key, tensor in state_dict.items():
         dt = str(tensor.dtype).removeprefix("torch.")
         report.source_dtypes[dt] = report.source_dtypes.get(dt, 0) + 1
@@ -282,15 +318,34 @@ def convert_state_dict(
         if key not in expected:
             unexpected.append(key)
             continue
-        if key == "vision_encoder.pos_embed" and _other_frame_count(tensor, expected[key], cfg):
-            # The model was built for another frame count: resample along time.
-            tensor = interpolate_pos_embed(tensor, cfg.num_frames, cfg.patches_per_frame)
-            report.interpolated.append(key)
+        have, want = tuple(tensor.shape), expected[key]
+        if key == POS_EMBED_KEY and have != want and have[-1:] == want[-1:]:
+            # (Another width is another model size: a plain shape mismatch, below.)
+            try:
+                t0 = pos_embed_frames(tensor, cfg.patches_per_frame, "the position embedding")
+            except CheckpointError as exc:
+                # Malformed, or another image/patch size: reported with the shape
+                # mismatches below, never handed to F.interpolate.
+                why[key] = str(exc)
+                t0 = cfg.num_frames
+            if t0 != cfg.num_frames:
+                # The model was built for another frame count: resample along time. Loud,
+                # because an f8 checkpoint in an f4 model is as often a mistake as a choice.
+                logger.warning(
+                    "%s: the checkpoint has %d frames, the model %d frames; interpolating "
+                    "along time",
+                    key,
+                    t0,
+                    cfg.num_frames,
+                )
+                tensor = interpolate_pos_embed(tensor, cfg.num_frames, cfg.patches_per_frame, key)
+                report.interpolated.append(key)
         out[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
         report.loaded.append(key)
     missing = sorted(set(expected) - set(out))
     mismatched = sorted(
         f"{k}: checkpoint {tuple(t.shape)} vs model {expected[k]}"
+        + (f"; {why[k]}" if k in why else "")
         for k, t in out.items()
         if tuple(t.shape) != expected[k]
     )
@@ -304,17 +359,6 @@ def convert_state_dict(
     if problems:
         raise CheckpointError("checkpoint does not match the model config; " + "; ".join(problems))
     return out, report
-
-
-def _other_frame_count(tensor: torch.Tensor, want: tuple[int, ...], cfg) -> bool:
-    """Same geometry (channels, patches per frame) but another number of frames."""
-    have = tuple(tensor.shape)
-    return (
-        have != want
-        and len(have) == 3
-        and have[2] == want[2]
-        and (have[1] - 1) % cfg.patches_per_frame == 0
-    )
 
 
 def _names(keys: list[str], limit: int = 12) -> str:
