@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out).resolve()
     manifest = out / "catalog" / "manifest.parquet"
-    if not catalog_is_current(manifest, args.num_videos):
+    remade = not catalog_is_current(manifest, args.num_videos)
+    if remade:
         if manifest.exists():
             log.warning("the catalog in %s is not %d videos: making it again", out, args.num_videos)
         make_sample_catalog(str(out / "catalog"), num_videos=args.num_videos)
@@ -101,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
             str(out / "lancedb"),
             "--max-error-rate",
             "0.0",
-            "--prune",  # the table follows the catalog when a rerun makes it smaller
+            # The table follows a catalog this run made (a smaller one drops videos); a
+            # catalog found in place is left, and so are the table's other rows.
+            *(["--prune"] if remade else []),
             *model,
         ]
     )

@@ -717,12 +717,17 @@ class DecoderPool:
 def _windowed(
     threads: ThreadPoolExecutor, call: Callable[[Any], Any], items: Iterator[Any], window: int
 ) -> Iterator[Any]:
-    """`call` over `items` on `threads`, results in input order, `window` submitted ahead."""
-    pending = collections.deque(threads.submit(call, i) for i in itertools.islice(items, window))
-    while pending:
-        result = pending.popleft().result()
-        pending.extend(threads.submit(call, i) for i in itertools.islice(items, 1))
-        yield result
+    """`call` over `items` on `threads`, results in input order, at most `window` submitted
+    and not yet taken; a consumer that stops early cancels what has not started."""
+    pending: collections.deque = collections.deque()
+    try:
+        pending.extend(threads.submit(call, i) for i in itertools.islice(items, window))
+        while pending:
+            yield pending.popleft().result()
+            pending.extend(threads.submit(call, i) for i in itertools.islice(items, 1))
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 # ---- Ray Data stage ---------------------------------------------------------------------

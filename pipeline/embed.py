@@ -19,7 +19,6 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import torch
-from ray.data.block import BlockAccessor
 
 from models.internvideo2 import (
     InternVideo2,
@@ -142,7 +141,9 @@ class EmbedStage:
     Input columns: `frames` uint8 `[N, T, H, W, 3]`, `status`, plus anything else (passed
     through). Output: the same rows without `frames`, with `embedding` float32
     `[N, 512]` (zeros on failed rows), `model`, `signature`, `num_frames`, and
-    `vision_tokens`/`vision_tokens_shape` when configured.
+    `vision_tokens`/`vision_tokens_shape` when configured. A numpy batch (a dict) comes back
+    as a dict; an Arrow table, as the pipeline passes it, as an Arrow table whose 2-D
+    columns (`embedding`, `vision_tokens_shape`) are fixed-size lists.
     """
 
     def __init__(self, config: EmbedConfig, model_identity: str | None = None) -> None:
@@ -172,6 +173,8 @@ class EmbedStage:
         columns this stage does not write keep their exact types and nulls (numpy would
         turn an int64 column with a null into float64, rounding values above 2**53)."""
         if isinstance(batch, pa.Table):
+            from ray.data.block import BlockAccessor  # Arrow batches come from Ray Data
+
             frames = BlockAccessor.for_block(batch).to_numpy(schema.FRAMES)
             message = (
                 batch[schema.MESSAGE].to_numpy(zero_copy_only=False)

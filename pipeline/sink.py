@@ -447,8 +447,9 @@ class LanceSink:
         for f in self._staging:
             value = columns.get(f.name, batch[f.name] if f.name in batch.schema.names else None)
             if f.name in metadata and value is not None and pa.types.is_floating(value.type):
-                # Ray's numpy batches (the embed stage's) turn a null number into NaN, and
-                # an integer column with nulls into floats: NaN is a null here.
+                # A null number that went through a numpy batch arrives as NaN (an integer
+                # column with nulls as floats); the pipeline's embed stage passes Arrow, but
+                # other writers may not: NaN is a null here.
                 value = pc.if_else(pc.is_nan(value), pa.scalar(None, value.type), value)
             try:
                 arrays.append(pa.nulls(n, f.type) if value is None else value.cast(f.type))

@@ -163,9 +163,10 @@ def redact_text(text: str) -> str:
     scheme and within one line: from `scheme://` to the last `@` before the next `/`
     becomes `scheme://***@` (`s3://AKIA:se'cret@bucket/k`). Hence the limits: without a
     scheme (`//user:p w@host/k`) such a secret is shown, and so may be one whose user
-    name holds a break; and a path-less URL with a port followed on its line by an `@`
-    before any `/` (`http://h:9000 or me@x.org`) loses the text between them. Structured
-    values (a config) should go through `redact_values` instead.
+    name holds a break or that holds both a break and a `/`, `[`, `]`, `{` or `}`
+    (`s3://AKIA:wJal/rX Ut@bucket/k`); and a path-less URL with a port followed on its
+    line by an `@` before any `/` (`http://h:9000 or me@x.org`) loses the text between
+    them. Structured values (a config) should go through `redact_values` instead.
     """
     return _TOKEN.sub(_redact_token, _SPLIT_USERINFO.sub(_redact_split_userinfo, text))
 

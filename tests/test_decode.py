@@ -639,3 +639,22 @@ def test_decoder_pool_imap_keeps_order_and_a_bounded_window():
         assert pool.map(work, range(7)) == [i * i for i in range(7)]
     finally:
         pool.close()
+
+
+def test_decoder_pool_imap_stopped_early_cancels_what_has_not_started():
+    pool = DecoderPool(DecodeConfig(), size=2)
+    started: list[int] = []
+
+    def work(decoder, i):
+        started.append(i)
+        time.sleep(0.05)
+        return i
+
+    try:
+        results = pool.imap(work, range(50))
+        assert next(results) == 0
+        results.close()  # the consumer stops: queued items are cancelled, not run
+        time.sleep(0.3)
+        assert len(started) <= 2 * 2
+    finally:
+        pool.close()

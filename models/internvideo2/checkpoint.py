@@ -333,10 +333,12 @@ def convert_state_dict(
                 # because an f8 checkpoint in an f4 model is as often a mistake as a choice.
                 logger.warning(
                     "%s: the checkpoint has %d frames, the model %d frames; interpolating "
-                    "along time",
+                    "along time (a checkpoint of another image size can look the same: its "
+                    "rows are read as frames of %d patches)",
                     key,
                     t0,
                     cfg.num_frames,
+                    cfg.patches_per_frame,
                 )
                 tensor = interpolate_pos_embed(tensor, cfg.num_frames, cfg.patches_per_frame, key)
                 report.interpolated.append(key)
