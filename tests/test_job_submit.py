@@ -43,10 +43,15 @@ JOB_TIMEOUT_S = 150
 REGION = "eu-west-3"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """`n` distinct free loopback ports: all held open until each is known, since a port
+    closed at once can be handed out again by the next bind (two Ray components once got
+    the same one)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def _kill_tree(proc: subprocess.Popen, timeout: float = 20.0) -> list[int]:
@@ -105,17 +110,18 @@ def head():
     """A private Ray head with the dashboard (job server) on free loopback ports."""
     # Short: Ray's unix sockets live under the temp dir (108-byte path limit).
     temp = tempfile.mkdtemp(prefix="vj", dir="/tmp")
-    ports = {
-        "--port": _free_port(),
-        "--dashboard-port": _free_port(),
-        "--ray-client-server-port": _free_port(),
-        "--dashboard-agent-listen-port": _free_port(),
-        "--dashboard-agent-grpc-port": _free_port(),
-        "--metrics-export-port": _free_port(),
-        "--runtime-env-agent-port": _free_port(),
-        "--node-manager-port": _free_port(),
-        "--object-manager-port": _free_port(),
-    }
+    flags = (
+        "--port",
+        "--dashboard-port",
+        "--ray-client-server-port",
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--metrics-export-port",
+        "--runtime-env-agent-port",
+        "--node-manager-port",
+        "--object-manager-port",
+    )
+    ports = dict(zip(flags, _free_ports(len(flags)), strict=True))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_", "PYTHONPATH"))}
     env.update(
         # The job's `python` must be this interpreter (the venv's, with ray and torch).
