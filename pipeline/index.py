@@ -14,7 +14,8 @@ Index life cycle in LanceDB 0.40:
   is already fast and exact.
 * After an append the new rows are *unindexed*: every query brute-forces them and merges
   the result with the ANN result, so latency grows with the backlog.
-  `Table.optimize()` (compaction + pruning + index update) folds those rows into the
+  `Table.optimize()` (compaction + index update; :func:`compact` keeps every version,
+  deleting old ones is `pipeline.lifecycle`'s job) folds those rows into the
   existing indices **without retraining**: they are assigned to the trained centroids and
   quantized with the trained quantizer (its `retrain` flag is deprecated and ignored).
   That is cheap but keeps centroids fit to the old data, so `update_index` retrains from
@@ -29,6 +30,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from typing import Any, Literal
 
 import lancedb
@@ -300,6 +302,17 @@ def _trained_rows(table: lancedb.table.Table) -> int | None:
     return int(value) if value is not None else None
 
 
+#: "Delete no version": `Table.optimize()` without `cleanup_older_than` also deletes every
+#: version older than 7 days, and fails outright when one of them is tagged (a refresh tag
+#: kept for rollback). Deleting versions is `pipeline.lifecycle`'s job, which keeps tags.
+_KEEP_ALL_VERSIONS = timedelta(days=365 * 100)
+
+
+def compact(table: lancedb.table.Table) -> None:
+    """Compact the table's files and fold new rows into its indices; delete no version."""
+    table.optimize(cleanup_older_than=_KEEP_ALL_VERSIONS)
+
+
 def update_index(table: lancedb.table.Table, config: IndexConfig = IndexConfig()) -> dict[str, Any]:
     """Bring the indices up to date after rows were appended.
 
@@ -315,7 +328,7 @@ def update_index(table: lancedb.table.Table, config: IndexConfig = IndexConfig()
     if stats is None:
         if num_rows >= config.min_rows_for_index:
             return {"action": "build", **build_index(table, config)}
-        table.optimize()
+        compact(table)
         return {"action": "optimize", "rows": num_rows}
     # An operator may have chosen another type with build_index.py: retrain keeps it.
     config = _config_for_type(stats.index_type, config)
@@ -332,10 +345,10 @@ def update_index(table: lancedb.table.Table, config: IndexConfig = IndexConfig()
         report = build_index(table, config)
         # Compact afterwards: optimizing first would fold the backlog into the old index
         # only to throw that work away.
-        table.optimize()
+        compact(table)
         return {"action": "retrain", **report}
     start = time.perf_counter()
-    table.optimize()
+    compact(table)
     return {"action": "optimize", "rows": num_rows, "seconds": time.perf_counter() - start}
 
 

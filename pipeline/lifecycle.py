@@ -16,6 +16,7 @@ Every refresh ends with :func:`maintain`:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -24,12 +25,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import schema
-from .index import IndexConfig, update_index
+from .index import IndexConfig, compact, update_index
 from .sink import open_table
 
 logger = logging.getLogger(__name__)
 
 TAG_PREFIX = "refresh-"
+#: Versions this close to the oldest tagged one are kept by a cleanup (clock skew).
+_CLEANUP_MARGIN = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -80,16 +83,42 @@ def maintain(
     tables = catalog_tables(db_uri, table, storage_options)
     report: dict[str, Any] = {"index": update_index(tables[table], config.index)}
     now = now or datetime.now(UTC)
-    tag = tag_name(now)
+    # Every table is tagged before any is cleaned, so a failure in the cleanup below never
+    # leaves a tag that only some of the catalog's tables have (a partial rollback).
+    tag, tagged = _tag_all(tables, now)
     versions = {}
     for name, t in tables.items():
-        t.tags.create(tag, t.version)
         _drop_expired_tags(t, now - config.retention)
         _compact_and_clean(t, config.retention)
         versions[name] = t.version
-    report.update(tag=tag, versions=versions, seconds=time.perf_counter() - start)
+    report.update(tag=tag, tagged=tagged, versions=versions, seconds=time.perf_counter() - start)
     logger.info("maintenance of %s: tagged %s at %s", table, tag, versions)
     return report
+
+
+def _tag_all(tables: Mapping[str, Any], now: datetime, attempts: int = 10):
+    """Tag every table's current version `refresh-<now>`; `(tag, {table: version})`.
+
+    A tag name is unique per second: when another run took this one (two runs finishing
+    in the same second), the next second is tried."""
+    for attempt in range(attempts):
+        tag = tag_name(now + timedelta(seconds=attempt))
+        if any(tag in t.tags.list() for t in tables.values()):
+            continue
+        tagged = {}
+        try:
+            for name, t in tables.items():
+                t.tags.create(tag, t.version)
+                tagged[name] = t.version
+        except Exception:  # lost a race for this name: undo ours, try the next second
+            for name in tagged:
+                with contextlib.suppress(Exception):
+                    tables[name].tags.delete(tag)
+            if attempt == attempts - 1:
+                raise
+            continue
+        return tag, tagged
+    raise RuntimeError(f"no free refresh tag in the {attempts} s after {tag_name(now)}")
 
 
 def _tag_time(name: str) -> datetime | None:
@@ -111,9 +140,12 @@ def _drop_expired_tags(t, cutoff: datetime) -> None:
 def _compact_and_clean(t, retention: timedelta) -> None:
     """Compact, then delete versions older than `retention` but never a tagged one.
 
-    Lance refuses a cleanup that would reach a tagged version, so the cutoff stops just
-    short of the oldest tagged version when that one is older than the retention period.
+    Lance refuses a cleanup that would reach a tagged version, so the cutoff stops short
+    of the oldest tagged version when that one is older than the retention period. It is
+    computed after compacting (which can take minutes), just before the cleanup, with a
+    margin for the clock of the process that applies it.
     """
+    compact(t)
     tagged = {t.tags.get_version(n) for n in t.tags.list()}
     stamps = {v["version"]: v["timestamp"] for v in t.list_versions()}
     older_than = retention
@@ -121,8 +153,8 @@ def _compact_and_clean(t, retention: timedelta) -> None:
         oldest = min(stamps[v] for v in tagged if v in stamps)
         oldest = oldest.astimezone(UTC) if oldest.tzinfo is None else oldest
         age = datetime.now(UTC) - oldest
-        older_than = max(retention, age + timedelta(seconds=1))
-    t.optimize(cleanup_older_than=older_than)
+        older_than = max(retention, age + _CLEANUP_MARGIN)
+    t.optimize(cleanup_older_than=older_than)  # nothing left to compact: the cleanup
 
 
 def list_tags(
@@ -139,7 +171,8 @@ def rollback(
     """Restore every catalog table to its version tagged `tag`.
 
     A restore writes a new version equal to the tagged one (history is kept, so a
-    rollback can itself be undone). Tables that did not exist at `tag` are left alone.
+    rollback can itself be undone). A side table (errors, vision tokens) without the tag
+    did not exist at `tag` and is emptied (a new version too).
 
     Raises:
         KeyError: the embeddings table has no such tag.
@@ -152,8 +185,12 @@ def rollback(
     for name, t in tables.items():
         if tag in t.tags.list():
             t.restore(tag)
-            restored[name] = t.version
         else:
-            logger.warning("table %s has no tag %s; left as is", name, tag)
+            # Every run tags all its tables at once, so a table without the tag did not
+            # exist then: emptied, it is as it was (no error rows or vision tokens of
+            # later runs, which would describe content the table no longer holds).
+            logger.warning("table %s has no tag %s: it did not exist then; emptied", name, tag)
+            t.delete("true")
+        restored[name] = t.version
     logger.info("rolled back %s to %s: %s", table, tag, restored)
     return restored

@@ -21,6 +21,7 @@ ones, with a null `rerank_score` and a warning: results are never dropped silent
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -157,7 +158,8 @@ def order_by_match(candidates: pa.Table, scores: Mapping[str, float], k: int) ->
     Adds `rerank_score` (float32, null where a clip has no score).
     """
     ids = candidates[schema.CLIP_ID].to_pylist()
-    values = [scores.get(cid) for cid in ids]
+    # A non-finite logit is no score: sorting on it would scramble the order of the rest.
+    values = [v if v is not None and math.isfinite(v) else None for v in map(scores.get, ids)]
     scored = sorted((i for i, v in enumerate(values) if v is not None), key=lambda i: -values[i])
     unscored = [i for i, v in enumerate(values) if v is None]
     order = (scored + unscored)[:k]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from unittest import mock
 
 import lancedb
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 
 from jobs import build_index as build_index_job
 from jobs import rollback as rollback_job
-from pipeline import schema
+from pipeline import lifecycle, schema
 from pipeline.index import IndexConfig, has_vector_index
 from pipeline.lifecycle import MaintenanceConfig, list_tags, maintain, rollback, tag_name
 from pipeline.schema import Status
@@ -110,7 +111,8 @@ def test_rollback_restores_every_table(tmp_path):
         rollback(db, "videos", "refresh-19990101T000000Z")
 
 
-def test_old_tags_and_versions_age_out(tmp_path):
+def test_old_tags_and_versions_age_out(tmp_path, monkeypatch):
+    monkeypatch.setattr(lifecycle, "_CLEANUP_MARGIN", timedelta(seconds=1))
     db = str(tmp_path / "db")
     config = MaintenanceConfig(index=SMALL_INDEX, retention=timedelta(days=2))
     for day in range(4):
@@ -148,3 +150,68 @@ def test_rollback_and_build_index_jobs(tmp_path, capsys):
     assert '"vector_index"' in capsys.readouterr().out
     assert has_vector_index(lancedb.connect(db).open_table("videos"))
     assert build_index_job.main(["--db", str(tmp_path / "nope")]) == 2
+
+
+def test_no_optimize_deletes_versions_behind_the_cleanup(tmp_path, monkeypatch):
+    """LanceDB's `optimize()` without `cleanup_older_than` deletes versions older than 7 days
+    and fails when one is tagged: after a week of nightly runs every run failed. Only the
+    cleanup step may delete versions, with a cutoff short of the oldest tag."""
+    db = str(tmp_path / "db")
+    calls = []
+    original = lancedb.table.LanceTable.optimize
+
+    def spy(self, **kwargs):
+        calls.append(kwargs.get("cleanup_older_than"))
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(lancedb.table.LanceTable, "optimize", spy)
+    config = MaintenanceConfig(index=SMALL_INDEX, retention=timedelta(days=3))
+    for day, videos in enumerate((range(100), range(100, 300), range(300, 340))):
+        write(db, rows(videos, seed=day))
+        maintain(db, "videos", config=config, now=T0 + timedelta(days=day))
+    assert calls and None not in calls
+    cleanups = [c for c in calls if c < timedelta(days=365)]
+    assert cleanups and all(c >= config.retention for c in cleanups)
+
+
+def test_every_table_is_tagged_before_any_cleanup_can_fail(tmp_path, monkeypatch):
+    db = str(tmp_path / "db")
+    write(db, rows(range(10)), failure("bad"))
+
+    def broken(t, retention):
+        raise RuntimeError("cleanup failed")
+
+    monkeypatch.setattr(lifecycle, "_compact_and_clean", broken)
+    with pytest.raises(RuntimeError, match="cleanup failed"):
+        maintain(db, "videos", config=MaintenanceConfig(index=SMALL_INDEX), now=T0)
+    for name in ("videos", "videos_errors"):
+        assert lancedb.connect(db).open_table(name).tags.list() == {tag_name(T0): mock.ANY}
+
+
+def test_two_runs_in_the_same_second_get_two_tags(tmp_path):
+    db = str(tmp_path / "db")
+    config = MaintenanceConfig(index=SMALL_INDEX)
+    write(db, rows(range(10)))
+    first = maintain(db, "videos", config=config, now=T0)
+    write(db, rows(range(10, 20), seed=1))
+    second = maintain(db, "videos", config=config, now=T0)
+    assert (first["tag"], second["tag"]) == (tag_name(T0), tag_name(T0 + timedelta(seconds=1)))
+    assert set(second["tagged"]) == {"videos", "videos_errors"}
+    assert rollback(db, "videos", first["tag"])["videos"] and count(db, "videos") == 10
+
+
+def test_rollback_empties_a_side_table_created_after_the_tag(tmp_path):
+    """Error rows (or vision tokens) of later runs must not survive a rollback: they would
+    describe content the restored table does not hold."""
+    db = str(tmp_path / "db")
+    config = MaintenanceConfig(index=SMALL_INDEX)
+    write(db, rows(range(10)))
+    lancedb.connect(db).drop_table("videos_errors")  # as if it came with a later run
+    tag = maintain(db, "videos", config=config, now=T0)["tag"]
+    write(db, rows(range(10, 15), seed=2), failure("late"))
+    maintain(db, "videos", config=config, now=T0 + timedelta(hours=1))
+    assert count(db, "videos_errors") == 1
+
+    restored = rollback(db, "videos", tag)
+    assert set(restored) == {"videos", "videos_errors"}
+    assert count(db, "videos") == 10 and count(db, "videos_errors") == 0

@@ -168,6 +168,10 @@ def test_order_by_match_puts_unscored_last():
     out = order_by_match(rows, {"b": 1.0, "d": 3.0}, k=3)
     assert out[schema.CLIP_ID].to_pylist() == ["d", "b", "a"]
     assert out["rerank_score"].to_pylist() == [3.0, 1.0, None]
+    # A NaN logit is no score (it sorted unpredictably among the scored ones).
+    nan = order_by_match(rows, {"a": 1.0, "c": float("nan"), "d": 2.0}, k=4)
+    assert nan[schema.CLIP_ID].to_pylist() == ["d", "a", "b", "c"]
+    assert nan["rerank_score"].to_pylist() == [2.0, 1.0, None, None]
 
 
 def test_tokens_round_trip_and_batching(model, text_features):
