@@ -86,6 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--prune", action="store_true", help="delete videos that are gone from the manifest"
     )
     run_g.add_argument(
+        "--max-prune-fraction",
+        type=float,
+        default=0.5,
+        help="refuse (exit 2, nothing changed) a --prune that would delete more than this "
+        "share of the videos in the table (an empty or truncated manifest); 1 allows any",
+    )
+    run_g.add_argument(
         "--max-error-rate",
         type=float,
         default=0.05,
@@ -192,6 +199,7 @@ def build_config(args: argparse.Namespace, has_gpu: bool) -> RunConfig:
         table=args.table,
         mode=args.mode,
         prune=args.prune,
+        max_prune_fraction=args.max_prune_fraction,
         metadata_columns=None if metadata == "none" else metadata,
         allowed_roots=tuple(args.allowed_roots) if args.allowed_roots else None,
         max_error_rate=args.max_error_rate,

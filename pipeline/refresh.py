@@ -68,6 +68,8 @@ class RefreshPlan:
     embed_refs: list = field(default_factory=list)
     prune_refs: list = field(default_factory=list)
     versions_resolved: int = 0
+    #: Videos in the table or the errors table (counted when pruning).
+    known: int = 0
 
     @property
     def to_embed(self) -> int:
@@ -239,7 +241,8 @@ def plan_refresh(
     prune: bool,
     version_of=None,
     spill_dir: str | None = None,
-    block_rows: int = 1024,
+    block_rows: int = 16,
+    max_blocks: int = 4096,
 ) -> RefreshPlan:
     """Diff the manifest against the sink's tables; see the module docstring for the rules.
 
@@ -253,8 +256,11 @@ def plan_refresh(
             of existing videos whose manifest row has no `version` (ETag / size+mtime,
             never the bytes); None leaves them "changed".
         spill_dir: where buckets are spilled (default: system temp dir).
-        block_rows: rows per object-store block of rows to embed (one Ray Data block each;
-            `pipeline.build.source_block_rows` sizes it to the decode batch).
+        block_rows: rows per object-store block of rows to embed (one Ray Data block, one
+            decode task each): the decode batch, or a multiple of it when the rows to embed
+            would otherwise make more than about `max_blocks` blocks. Sized per bucket from
+            the rows it embeds (buckets hold a uniform share), so an incremental run of a
+            few changed videos in a huge manifest still spreads them over every decoder.
     """
     clips_rows = sink.clips_table.count_rows()
     error_rows = sink.errors_table.count_rows()
@@ -284,7 +290,8 @@ def plan_refresh(
             m = manifest.read(b, info.schema)
             s = state.read(b, _state_schema())
             e = errors.read(b, _errors_state_schema())
-            _plan_bucket(plan, m, s, e, signature, mode, prune, version_of, block_rows)
+            blocks = (block_rows, max(1, max_blocks // buckets))
+            _plan_bucket(plan, m, s, e, signature, mode, prune, version_of, blocks)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     logger.info("refresh plan (%d buckets): %s", buckets, plan.summary())
@@ -345,7 +352,9 @@ def _same(a, b) -> pa.ChunkedArray:
     return pc.or_(pc.fill_null(pc.equal(a, b), False), both_null)
 
 
-def _plan_bucket(plan, m, s, e, signature, mode, prune, version_of, block_rows) -> None:
+def _plan_bucket(plan, m, s, e, signature, mode, prune, version_of, blocks) -> None:
+    """Classify one bucket's manifest rows; `blocks`: (rows per block at least, blocks this
+    bucket may make at most)."""
     s = (
         _collapse_state(s)
         if len(s)
@@ -368,6 +377,7 @@ def _plan_bucket(plan, m, s, e, signature, mode, prune, version_of, block_rows) 
         gone = known.filter(
             pc.invert(pc.is_in(known, value_set=m[schema.VIDEO_ID].combine_chunks()))
         )
+        plan.known += len(known)
         if len(gone):
             plan.prune_refs.append((ray.put(gone), len(gone)))
     if not len(m):
@@ -422,6 +432,8 @@ def _plan_bucket(plan, m, s, e, signature, mode, prune, version_of, block_rows) 
     plan.changed += n_embed - n_new - n_retried
     plan.skipped += n - n_embed
     rows = m.take(np.sort(j[_ROW].filter(embed).to_numpy()))
+    batch, most = blocks
+    block_rows = batch * max(1, math.ceil(len(rows) / (batch * most)))
     for start in range(0, len(rows), block_rows):
         block = rows.slice(start, block_rows)
         plan.embed_refs.append((ray.put(block), len(block), block_metadata(block)))

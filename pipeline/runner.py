@@ -19,14 +19,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import schema
-from .build import ResourceConfig, build_dataset, source_block_rows
+from .build import MAX_SOURCE_BLOCKS, ResourceConfig, build_dataset
 from .decode import DecodeConfig, S3Config, content_version_of
 from .embed import EmbedConfig, signature
 from .lifecycle import MaintenanceConfig, maintain
-from .manifest import ManifestInfo, default_allowed_root, validate_manifest
+from .manifest import ManifestError, ManifestInfo, default_allowed_root, validate_manifest
 from .refresh import RefreshPlan, plan_refresh, stat_versions
 from .sink import LanceSink, SinkConfig
 from .storage import write_json
+from .uris import redact_uri, redact_values
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ class RunConfig:
     table: str = "videos"
     mode: Literal["incremental", "full"] = "incremental"
     prune: bool = False
+    #: Pruning more than this share of the known videos is refused (a truncated or empty
+    #: manifest would otherwise empty the table); 1 allows any.
+    max_prune_fraction: float = 0.5
     metadata_columns: str | tuple[str, ...] | None = "all"
     allowed_roots: tuple[str, ...] | None = None  # None: the manifest's own directory
     max_error_rate: float = 0.05
@@ -61,6 +65,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.max_error_rate <= 1:
             raise ValueError("max_error_rate must be in [0, 1]")
+        if not 0 <= self.max_prune_fraction <= 1:
+            raise ValueError("max_prune_fraction must be in [0, 1]")
         if self.decode.num_frames != self.embed.model.num_frames:
             raise ValueError("decode and model frame counts differ")
 
@@ -191,6 +197,23 @@ def _version_resolver(decode: DecodeConfig):
     return lambda uris: stat_versions(one, uris)
 
 
+class PruneRefused(ManifestError):
+    """`--prune` would delete more of the catalog than `max_prune_fraction` allows."""
+
+
+def _check_prune(plan: RefreshPlan, cfg: RunConfig) -> None:
+    """Refuse, before any work, a prune of more than `max_prune_fraction` of the known
+    videos: an empty or half-uploaded manifest must not empty the table."""
+    if plan.to_prune and plan.to_prune > cfg.max_prune_fraction * plan.known:
+        raise PruneRefused(
+            f"--prune would delete {plan.to_prune} of the {plan.known} videos in the table and "
+            f"its errors table ({plan.to_prune / plan.known:.0%}), more than "
+            f"--max-prune-fraction {cfg.max_prune_fraction:g} allows: is the manifest "
+            f"{redact_uri(cfg.manifest)} complete? Nothing was changed; rerun with a higher "
+            "--max-prune-fraction (1 allows any) if this is intended."
+        )
+
+
 def run(cfg: RunConfig) -> dict[str, Any]:
     """Execute one run and return its report (also written beside the table).
 
@@ -200,7 +223,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 
     Raises:
         ManifestError: the manifest is missing, unreadable or invalid; raised by
-            `validate_manifest` before any table is opened.
+            `validate_manifest` before any table is opened (or `PruneRefused`, after the
+            plan and before any work: the prune would delete too much of the catalog).
         TableSchemaError: an existing table (embeddings, errors or vision tokens) was
             written under another schema version or has other columns; raised while the
             tables are opened, before any row is written.
@@ -258,9 +282,11 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             mode=cfg.mode,
             prune=cfg.prune,
             version_of=_version_resolver(decode),
-            block_rows=source_block_rows(info.num_rows, cfg.resources.decode_batch_videos),
+            block_rows=cfg.resources.decode_batch_videos,
+            max_blocks=MAX_SOURCE_BLOCKS,
         )
         logger.info("plan: %s", plan.summary())
+        _check_prune(plan, cfg)
         progress = _Progress(total=plan.to_embed, every=cfg.progress_seconds)
         if plan.to_embed:
             ds = build_dataset(
@@ -341,8 +367,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     # The resolved config (roots, base dir, signature inputs): what the query module reads
     # to re-decode clips exactly as this run did.
     resolved = dataclasses.replace(cfg, allowed_roots=tuple(roots), decode=decode, embed=embed)
-    write_json(f"{base}.config.json", resolved.to_dict(), cfg.s3)
-    write_json(f"{base}.report.json", report, cfg.s3)
+    # Redacted like the log: a credential in a URI never lands in the run files.
+    write_json(f"{base}.config.json", redact_values(resolved.to_dict()), cfg.s3)
+    write_json(f"{base}.report.json", redact_values(report), cfg.s3)
     report["report_uri"] = f"{base}.report.json"
     return report
 

@@ -17,7 +17,7 @@ from pipeline.build import ResourceConfig
 from pipeline.decode import DecodeConfig, S3Config
 from pipeline.embed import EmbedConfig, ModelSpec
 from pipeline.manifest import ManifestError
-from pipeline.runner import EXIT_OK, EXIT_TOO_MANY_ERRORS, RunConfig, run
+from pipeline.runner import EXIT_OK, EXIT_TOO_MANY_ERRORS, PruneRefused, RunConfig, run
 from pipeline.sample_catalog import make_sample_catalog
 
 pytestmark = pytest.mark.slow
@@ -211,6 +211,16 @@ def test_incremental_refresh_new_changed_skipped_pruned(ray_cluster, tmp_path):
         )
     )
     assert versions[ids[0]] == "v2" and versions[ids[1]] == "v1"
+
+    # An empty (or truncated) manifest must not empty the table: a prune of more than
+    # max_prune_fraction (0.5) of the known videos is refused before any change.
+    pq.write_table(base.schema.empty_table(), manifest)
+    before = table_rows(db)
+    with pytest.raises(PruneRefused, match=r"delete 4 of the 4 videos"):
+        run(config(manifest, db, prune=True))
+    assert table_rows(db).equals(before)
+    everything = run(config(manifest, db, prune=True, max_prune_fraction=1.0))
+    assert everything["counts"]["deleted"] == 4 and table_rows(db).num_rows == 0
 
 
 def test_invalid_manifest_fails_before_any_work(ray_cluster, tmp_path):

@@ -125,7 +125,7 @@ def _bucket(ray_cluster, m: pa.Table, s: pa.Table | None = None, e: pa.Table | N
         "incremental",
         False,
         version_of,
-        16,
+        (16, 4096),
     )
     return plan
 
@@ -233,3 +233,25 @@ def test_an_edited_range_is_a_change(ray_cluster):
     assert (edited.skipped, edited.changed) == (1, 2)
     rows = _planned_rows(ray_cluster, edited)
     assert sorted(rows[schema.VIDEO_ID].to_pylist()) == ["a", "c"]
+
+
+def test_blocks_follow_the_rows_to_embed_not_the_manifest_size(ray_cluster):
+    """A few changed videos of a huge manifest still make decode-batch blocks (one decode
+    task each, spread over every decoder); many make bigger blocks, within the cap."""
+    m = pa.table(
+        {
+            schema.VIDEO_ID: [f"v{i:03d}" for i in range(100)],
+            schema.URI: [f"s3://x/{i}.mp4" for i in range(100)],
+        }
+    )
+
+    def sizes(blocks: tuple[int, int]) -> list[int]:
+        plan = RefreshPlan(mode="full")
+        empty = pa.table({c: pa.array([], pa.string()) for c in _STATE})
+        errors = pa.table({c: pa.array([], pa.string()) for c in _ERRORS})
+        _plan_bucket(plan, m, empty, errors, "sig", "full", False, None, blocks)
+        assert sum(n for _, n, _ in plan.embed_refs) == 100
+        return [n for _, n, _ in plan.embed_refs]
+
+    assert sizes((16, 4096)) == [16] * 6 + [4]
+    assert sizes((16, 2)) == [64, 36]  # at most 2 blocks: a multiple of the decode batch
