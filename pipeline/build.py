@@ -41,6 +41,10 @@ class ResourceConfig:
         embed_batch_clips: clips per encoder call (128 saturates an H100/H200 at T=4).
         max_task_retries: retries of a decode/embed call whose actor died (a killed worker),
             bounded so a poison input cannot loop forever.
+        actor_start_s: when the actor pools ask for more CPUs or GPUs than the cluster
+            has at the start, how long they may wait for an autoscaler to add them before
+            the run fails (Ray Data waits forever by default: a request the cluster can
+            never place, such as more GPUs than it has, would hang the nightly job).
     """
 
     decode_actors: int | None = None
@@ -52,6 +56,7 @@ class ResourceConfig:
     embed_cpus: float = 1.0
     embed_batch_clips: int = 32
     max_task_retries: int = 3
+    actor_start_s: float = 1800.0
 
     def __post_init__(self) -> None:
         if self.decode_actors is not None and self.decode_actors < 1:
@@ -62,6 +67,8 @@ class ResourceConfig:
             raise ValueError("actor counts and batch sizes must be >= 1")
         if self.embed_gpus < 0 or self.decode_cpus <= 0 or self.embed_cpus < 0:
             raise ValueError("resource amounts must be non-negative (decode_cpus > 0)")
+        if self.max_task_retries < 0 or self.actor_start_s <= 0:
+            raise ValueError("max_task_retries must be >= 0 and actor_start_s > 0")
 
     def resolved_decode_layout(self) -> tuple[int, int]:
         """`(decode actors, decoder processes per actor)` for the connected cluster."""
@@ -102,6 +109,26 @@ def _manifest_blocks(table: pa.Table, batch: int) -> ray.data.Dataset:
     return ray.data.from_blocks(blocks or [table])
 
 
+def _larger_than_cluster(resources: ResourceConfig, decoders: int) -> bool:
+    """Whether the actor pools ask for more than the cluster has now (said in the log): an
+    autoscaler may add the nodes; otherwise the run fails after `actor_start_s`."""
+    cluster = ray.cluster_resources()
+    want = {
+        "CPU": decoders * resources.decode_cpus + resources.embed_actors * resources.embed_cpus,
+        "GPU": resources.embed_actors * resources.embed_gpus,
+    }
+    short = {k: (v, cluster.get(k, 0.0)) for k, v in want.items() if v > cluster.get(k, 0.0)}
+    if short:
+        logger.warning(
+            "the actor pools ask for %s, the cluster has %s now: waiting up to %.0f s for "
+            "an autoscaler to add them (see ResourceConfig)",
+            ", ".join(f"{v:g} {k}" for k, (v, _) in short.items()),
+            ", ".join(f"{have:g} {k}" for k, (_, have) in short.items()),
+            resources.actor_start_s,
+        )
+    return bool(short)
+
+
 def build_dataset(
     source: ray.data.Dataset | pa.Table,
     decode: DecodeConfig,
@@ -122,6 +149,11 @@ def build_dataset(
         else _manifest_blocks(source, resources.decode_batch_videos)
     )
     n_decode, per_actor = resources.resolved_decode_layout()
+    if _larger_than_cluster(resources, n_decode * per_actor):
+        # A request the cluster cannot place now fails after this long instead of hanging
+        # (the wait also makes the pools start one after the other, so only then). Set on
+        # the source's context, which every dataset derived from it copies.
+        ds.context.wait_for_min_actors_s = math.ceil(resources.actor_start_s)
     logger.info(
         "graph: %d decode actors x %d decoders x %.1f CPU, %d embed actors x %.2f GPU, "
         "batch %d clips",

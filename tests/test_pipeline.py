@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import lancedb
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import schema
-from pipeline.build import ResourceConfig
+from pipeline.build import ResourceConfig, build_dataset
 from pipeline.decode import DecodeConfig, S3Config
 from pipeline.embed import EmbedConfig, ModelSpec
 from pipeline.manifest import ManifestError
@@ -245,3 +246,22 @@ def test_manifest_videos_and_table_on_s3(ray_cluster, s3_bucket, tmp_path):
     assert len(t) == 3
     assert all(u.startswith(f"s3://{bucket}/catalog/videos/") for u in t[schema.URI].to_pylist())
     assert report["report_uri"].startswith(f"s3://{bucket}/db/_vidcat/videos/runs/")
+
+
+@pytest.mark.timeout(240)
+def test_a_request_the_cluster_cannot_place_fails_instead_of_hanging(ray_cluster, tmp_path, caplog):
+    """An embed actor asking for a GPU this (CPU-only) cluster lacks: Ray Data would wait
+    forever; the run fails after `actor_start_s`, and says why up front."""
+    manifest = pa.table({"video_id": ["a"], "uri": [str(tmp_path / "a.mp4")]})
+    resources = dataclasses.replace(CPU, embed_gpus=1.0, actor_start_s=3.0)
+    with caplog.at_level(logging.WARNING, logger="pipeline.build"):
+        ds = build_dataset(
+            manifest,
+            DecodeConfig(allowed_roots=(str(tmp_path),)),
+            EmbedConfig(model=TINY, device="cpu"),
+            resources,
+            model_identity=TINY.identity(),
+        )
+        with pytest.raises(Exception, match=r"(?i)timed out|timeout"):
+            ds.take_all()
+    assert any("1 GPU" in r.getMessage() for r in caplog.records)
