@@ -37,6 +37,7 @@ from pipeline.runner import (
     summarize,
 )
 from pipeline.sink import SinkConfig, TableSchemaError
+from pipeline.storage import check_db_uri
 from pipeline.uris import redact_text, redact_values
 
 log = logging.getLogger("vidcat.embed_catalog")
@@ -179,6 +180,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _absolute_local(root: str) -> str:
+    """A local `--allowed-root` (plain or `file://`) as an absolute path; others unchanged."""
+    if "://" in root and not root.startswith("file://"):
+        return root
+    return os.path.abspath(root.removeprefix("file://"))
+
+
 def build_config(args: argparse.Namespace, has_gpu: bool) -> RunConfig:
     s3 = S3Config(endpoint_url=args.s3_endpoint_url, region=args.s3_region)
     model = ModelSpec(
@@ -188,8 +196,15 @@ def build_config(args: argparse.Namespace, has_gpu: bool) -> RunConfig:
         s3_endpoint_url=args.s3_endpoint_url,
     )
     gpus = args.gpus_per_actor if args.gpus_per_actor is not None else (1.0 if has_gpu else 0.0)
-    # The sink's own checks (table name, chunk size), before anything runs.
+    # The sink's own checks (table name, chunk size) and the table's location, before
+    # anything runs (a gs:// table would otherwise fail only when its report is written).
     SinkConfig(db_uri=args.db, table=args.table, chunk_rows=args.chunk_rows)
+    check_db_uri(args.db)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    # Absolute here: decode actors on other nodes have another working directory, and
+    # queries re-decode with the roots recorded in the run config.
+    roots = tuple(_absolute_local(r) for r in args.allowed_roots or ())
     metadata = args.metadata
     if metadata not in ("all", "none"):
         metadata = tuple(c.strip() for c in metadata.split(",") if c.strip())
@@ -201,7 +216,7 @@ def build_config(args: argparse.Namespace, has_gpu: bool) -> RunConfig:
         prune=args.prune,
         max_prune_fraction=args.max_prune_fraction,
         metadata_columns=None if metadata == "none" else metadata,
-        allowed_roots=tuple(args.allowed_roots) if args.allowed_roots else None,
+        allowed_roots=roots or None,
         max_error_rate=args.max_error_rate,
         s3=s3,
         decode=DecodeConfig(

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, NamedTuple
+from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
@@ -60,6 +61,9 @@ _MAX_HEADER_BYTES = 64 << 20
 _STARTUP_TIMEOUT_S = 120.0
 _COPY_BLOCK = 8 << 20
 _PIPE_BYTES = 1 << 20
+#: Smallest step between consecutive clip windows: a 1 ms step gave thousands of windows per
+#: video. Equal to the worker's MIN_TAIL_CLIP_S (not imported: that module pulls in torch).
+MIN_CLIP_STRIDE_S = 1.0
 #: `DecodeStage` cuts its output after this many bytes of frames (whole videos).
 OUTPUT_BATCH_BYTES = 256 << 20
 _MANIFEST_COLUMNS = (schema.VIDEO_ID, schema.URI, schema.VERSION, schema.START_S, schema.END_S)
@@ -83,11 +87,44 @@ _ROW_COLUMNS = {
 @dataclass(frozen=True)
 class S3Config:
     """Where S3 objects live. Credentials come only from the standard AWS chain (env vars,
-    shared profile, IRSA web identity); they are never stored here and never logged."""
+    shared profile, IRSA web identity); they are never stored here and never logged.
+
+    Attributes:
+        endpoint_url: `http://host[:port]` or `https://host[:port]` (MinIO, a test server);
+            None for AWS.
+        region: S3 region; None leaves it to each client's own lookup (AWS_DEFAULT_REGION /
+            AWS_REGION, the profile, then us-east-1).
+        anon: access S3 without credentials.
+    """
 
     endpoint_url: str | None = None
     region: str | None = None
     anon: bool = False
+
+    def __post_init__(self) -> None:
+        # pyarrow, s3fs and LanceDB each parse the endpoint their own way. Without a scheme,
+        # "127.0.0.1:9000" has no host for pyarrow, which then sent requests (and the AWS
+        # credentials) to AWS itself; only a URL that all of them read alike is accepted.
+        if not self.endpoint_url:
+            return
+        try:
+            url = urlsplit(self.endpoint_url)
+            url.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            url = None
+        if (
+            url is None
+            or not self.endpoint_url.startswith(("http://", "https://"))
+            or not url.hostname
+            or "@" in url.netloc
+            or url.path not in ("", "/")
+            or url.query
+            or url.fragment
+        ):
+            raise ValueError(
+                "invalid S3Config: endpoint_url must be http://host[:port] or "
+                f"https://host[:port], got {redact_uri(self.endpoint_url)!r}"
+            )
 
     def storage_options(self) -> dict[str, str]:
         """LanceDB / object_store `storage_options` (no secrets)."""
@@ -129,7 +166,8 @@ class DecodeConfig:
         num_frames: frames T sampled per clip (middle rule), 1..16.
         size: output side in pixels (frames are `[T, size, size, 3]`).
         clip_seconds: videos up to this long give one clip; longer ones windows of it.
-        clip_overlap_s: overlap between consecutive windows, `0 <= overlap < clip_seconds`.
+        clip_overlap_s: overlap between consecutive windows, at least 0 and at most
+            `clip_seconds - MIN_CLIP_STRIDE_S`, so windows start at least 1 s apart.
         timeout_s: wall clock per video in the child, transfer of frames included.
         memory_limit_mb: `RLIMIT_DATA` of the child (heap and anonymous mappings; shared
             library code is not counted, so a CUDA torch build does not eat the budget).
@@ -172,8 +210,9 @@ class DecodeConfig:
             "num_frames must be in 1..16": 1 <= self.num_frames <= 16,
             "size must be >= 8": self.size >= 8,
             "clip_seconds must be > 0": self.clip_seconds > 0,
-            "clip_overlap_s must be in [0, clip_seconds)": (
-                0 <= self.clip_overlap_s < self.clip_seconds
+            "clip_overlap_s must be >= 0": self.clip_overlap_s >= 0,
+            f"clip_seconds - clip_overlap_s (the window stride) must be >= {MIN_CLIP_STRIDE_S} s": (
+                self.clip_seconds - self.clip_overlap_s >= MIN_CLIP_STRIDE_S
             ),
             "timeout_s must be > 0": self.timeout_s > 0,
             "memory_limit_mb must be >= 512": self.memory_limit_mb >= 512,

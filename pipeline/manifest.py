@@ -24,6 +24,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline import schema
+from pipeline.decode import S3Config
+from pipeline.storage import s3_filesystem
 from pipeline.uris import redact_uri
 
 logger = logging.getLogger(__name__)
@@ -60,7 +62,8 @@ class ManifestInfo:
         paths: Parquet files, as paths within `filesystem` (no scheme), sorted.
         filesystem: pyarrow filesystem that reads `paths`.
         num_rows: number of videos.
-        schema: unified schema of the selected columns, string ids and float64 times.
+        schema: unified schema of the selected columns: string ids, float64 times and
+            dictionary-encoded metadata decoded to its values.
         metadata_columns: manifest columns carried into the embeddings table.
         base_dir: directory that relative video URIs resolve against.
     """
@@ -97,8 +100,10 @@ def manifest_filesystem(
 ) -> tuple[pafs.FileSystem, str]:
     """The filesystem and in-filesystem path of a manifest URI or local path.
 
-    S3 uses `endpoint_url` when given (http endpoints get `scheme="http"`) and the standard
-    AWS credential chain unless `anon`; no credential is ever passed through here.
+    S3 uses `endpoint_url` when given (`http://` or `https://` with a host, as
+    :class:`~pipeline.decode.S3Config` checks), `region` when given (else pyarrow's own
+    lookup) and the standard AWS credential chain unless `anon`; no credential is ever
+    passed through here.
     """
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
@@ -106,12 +111,12 @@ def manifest_filesystem(
             raise ManifestError(f"manifest uri has no bucket: {redact_uri(uri)}")
         if parsed.query or parsed.fragment or "@" in parsed.netloc:
             raise ManifestError(f"manifest uri must be s3://bucket/key: {redact_uri(uri)}")
-        kwargs: dict = {"anonymous": anon, "region": region or "us-east-1"}
-        if endpoint_url:
-            endpoint = urlparse(endpoint_url)
-            kwargs.update(endpoint_override=endpoint.netloc, scheme=endpoint.scheme or "https")
+        try:
+            s3 = S3Config(endpoint_url=endpoint_url, region=region, anon=anon)
+        except ValueError as exc:
+            raise ManifestError(str(exc)) from exc
         path = f"{parsed.netloc}/{parsed.path.lstrip('/')}".rstrip("/")
-        return pafs.S3FileSystem(**kwargs), path
+        return s3_filesystem(s3), path
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise ManifestError(f"file uri with a host is not supported: {redact_uri(uri)}")
@@ -177,19 +182,24 @@ def _normalize_schema(file_schema: pa.Schema, shown: str, problems: list[str]) -
         return file_schema
     fields = []
     for f in file_schema:
-        if f.name in _STRING_COLUMNS and not _is_string(f.type):
-            problems.append(
-                f"{shown}: column {f.name!r} has type {f.type}, expected a string type "
-                "(write ids and versions as strings)"
-            )
-        elif f.name in _TIME_COLUMNS and not (
-            pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
-        ):
-            problems.append(f"{shown}: column {f.name!r} has type {f.type}, expected seconds")
-        elif f.name in _STRING_COLUMNS:
+        # pandas writes an all-None column with Arrow's null type; it holds no value that
+        # could be misread, so it takes the column's type.
+        untyped = pa.types.is_null(f.type)
+        if f.name in _STRING_COLUMNS:
+            if not (_is_string(f.type) or untyped):
+                problems.append(
+                    f"{shown}: column {f.name!r} has type {f.type}, expected a string type "
+                    "(write ids and versions as strings)"
+                )
             f = f.with_type(pa.string())
         elif f.name in _TIME_COLUMNS:
+            if not (pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or untyped):
+                problems.append(f"{shown}: column {f.name!r} has type {f.type}, expected seconds")
             f = f.with_type(pa.float64())
+        elif pa.types.is_dictionary(f.type):
+            # A categorical column in one file and plain values in another is one column;
+            # decoded, its type no longer depends on how each file was written.
+            f = f.with_type(f.type.value_type)
         fields.append(f)
     return pa.schema(fields)
 
@@ -261,7 +271,13 @@ def _bad_rows(batch: pa.RecordBatch, problems: _Problems, shown: str, first_row:
     problems.add("null or empty uri", mask(empty_uri), ids, shown, first_row)
     times = {c: batch.column(c) for c in _TIME_COLUMNS if c in batch.schema.names}
     for name, col in times.items():
-        problems.add(f"negative {name}", mask(pc.less(col, 0.0)), ids, shown, first_row)
+        if name == schema.START_S:
+            problems.add("negative start_s", mask(pc.less(col, 0.0)), ids, shown, first_row)
+        else:
+            # The window starts at start_s or 0, so an end_s <= 0 selects no frame even
+            # without a start_s to compare it with.
+            non_positive = mask(pc.less_equal(col, 0.0))
+            problems.add("end_s <= 0", non_positive, ids, shown, first_row)
         problems.add(
             f"non-finite {name}", mask(pc.invert(pc.is_finite(col))), ids, shown, first_row
         )
@@ -346,14 +362,16 @@ def validate_manifest(
     Args:
         uri: local path, `file://` URI, `s3://bucket/key.parquet` or `s3://bucket/prefix/`.
         endpoint_url: S3 endpoint (e.g. MinIO or a test server); None for AWS.
-        region: S3 region; defaults to us-east-1.
+        region: S3 region; None leaves it to pyarrow (AWS_DEFAULT_REGION / AWS_REGION, the
+            profile, then us-east-1).
         anon: read S3 without credentials.
         metadata_columns: "all", "none"/None, or names of extra columns to carry.
 
     Raises:
         ManifestError: the manifest is missing or unreadable, a file is not Parquet, a
             required column is missing, a type is wrong, a metadata selection is invalid,
-            or rows hold null/empty ids, null uris, duplicate ids or invalid times.
+            the S3 endpoint is not an http(s) URL, or rows hold null/empty ids, null uris,
+            duplicate ids or invalid times.
     """
     fs, root = manifest_filesystem(uri, endpoint_url=endpoint_url, region=region, anon=anon)
     paths, is_dir = _list_files(uri, fs, root)

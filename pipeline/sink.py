@@ -33,7 +33,9 @@ from pipeline.uris import redact_text, redact_uri, redact_uris
 
 logger = logging.getLogger(__name__)
 
-_TABLE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+#: Letters, digits, `_`, `-` and `.`, not first: `..` or `.hidden` would name a directory
+#: outside the database or a hidden one (reports go to `<db>/_vidcat/<table>/`).
+_TABLE_NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")
 _STATUSES = pa.array([s.value for s in Status])
 
 

@@ -527,6 +527,8 @@ def test_s3_config(s3_bucket, media):
         {"clip_seconds": 0},
         {"clip_overlap_s": 30.0},
         {"clip_overlap_s": -1.0},
+        {"clip_seconds": 30.0, "clip_overlap_s": 29.999},
+        {"clip_seconds": 0.5},
         {"timeout_s": 0},
         {"memory_limit_mb": 100},
         {"max_attempts": 0},
@@ -538,6 +540,44 @@ def test_s3_config(s3_bucket, media):
 def test_decode_config_validation(bad):
     with pytest.raises(ValueError, match="invalid DecodeConfig"):
         DecodeConfig(**bad)
+
+
+def test_clip_windows_start_at_least_one_second_apart():
+    with pytest.raises(ValueError, match=r"\(the window stride\) must be >= 1.0 s"):
+        DecodeConfig(clip_seconds=30.0, clip_overlap_s=29.999)
+    assert DecodeConfig(clip_seconds=30.0, clip_overlap_s=29.0).clip_overlap_s == 29.0
+    assert DecodeConfig(clip_seconds=1.0).clip_seconds == 1.0
+    # One bound for "too short to be a window" in the config and in the worker.
+    assert decode.MIN_CLIP_STRIDE_S == MIN_TAIL_CLIP_S
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "127.0.0.1:9000",
+        "minio:9000",
+        "localhost:9000",
+        "ftp://minio:9000",
+        "HTTP://minio:9000",
+        "http://",
+        "http://:9000",
+        "http://minio:port",
+        "http://key:secret@minio:9000",
+        "http://minio:9000/bucket",
+        "https://minio:9000?region=x",
+    ],
+)
+def test_s3_endpoint_must_be_an_http_url_with_a_host(endpoint):
+    with pytest.raises(ValueError, match="endpoint_url must be http://host") as err:
+        S3Config(endpoint_url=endpoint)
+    assert "secret" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["http://127.0.0.1:9000", "https://s3.example.com", "http://[::1]:9000/", None]
+)
+def test_s3_endpoint_accepted(endpoint):
+    assert S3Config(endpoint_url=endpoint).endpoint_url == endpoint
 
 
 @pytest.mark.slow

@@ -46,6 +46,18 @@ def test_decode_layout(monkeypatch, argv, cpus, gpu, layout):
     assert res.resolved_decode_layout() == layout
 
 
+def test_allowed_roots_are_made_absolute(tmp_path, monkeypatch):
+    """Decode actors on other nodes, and later queries, have another working directory."""
+    monkeypatch.chdir(tmp_path)
+    argv = [*BASE, "--allowed-root", "media", "--allowed-root", "file://clips", "--allowed-root"]
+    cfg = build_config(parse_args([*argv, "s3://bucket/videos"]), has_gpu=False)
+    assert cfg.allowed_roots == (
+        str(tmp_path / "media"),
+        str(tmp_path / "clips"),
+        "s3://bucket/videos",
+    )
+
+
 def test_decoders_per_actor_is_validated():
     res = build_config(parse_args(BASE), has_gpu=False).resources
     with pytest.raises(ValueError, match="decoders_per_actor"):
@@ -96,6 +108,12 @@ def test_invalid_arguments_and_manifests_exit_2(job, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     assert job("--num-frames", "99") == runner.EXIT_INVALID_INPUT
     assert job("--table", "a/b") == runner.EXIT_INVALID_INPUT
+    assert job("--table", "..") == runner.EXIT_INVALID_INPUT  # reports would land in <db>/
+    gcs = ["--manifest", str(tmp_path / "m.parquet"), "--db", "gs://bucket/db"]
+    assert job(*gcs) == runner.EXIT_INVALID_INPUT  # refused up front, not after the run
+    assert "unsupported storage scheme 'gs'" in caplog.records[-1].getMessage()
+    assert job("--batch-size", "0") == runner.EXIT_INVALID_INPUT
+    assert job("--clip-seconds", "30", "--clip-overlap", "29.999") == runner.EXIT_INVALID_INPUT
     missing = ["--manifest", str(tmp_path / "nope.parquet"), "--db", str(tmp_path / "db")]
     assert job(*missing) == runner.EXIT_INVALID_INPUT
     assert not (tmp_path / "db").exists()  # nothing was written

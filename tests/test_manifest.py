@@ -5,12 +5,18 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline import manifest
-from pipeline.manifest import ManifestError, default_allowed_root, validate_manifest
+from pipeline.manifest import (
+    ManifestError,
+    default_allowed_root,
+    manifest_filesystem,
+    validate_manifest,
+)
 
 
 def rows(ids, **extra) -> pa.Table:
@@ -89,6 +95,10 @@ def test_structural_errors_name_the_file(tmp_path, table, match):
         (rows(["a", "b"], start_s=[0.0, 4.0], end_s=[1.0, 4.0]), "start_s >= end_s", "row 1"),
         (rows(["a", "b"], start_s=[-1.0, 0.0]), "negative start_s", "row 0 (video_id='a')"),
         (rows(["a", "b"], end_s=[1.0, float("nan")]), "non-finite end_s", "row 1"),
+        # Without a start_s (missing or null) the window starts at 0.
+        (rows(["a", "b"], end_s=[1.0, 0.0]), "end_s <= 0: 1 row(s)", "row 1 (video_id='b')"),
+        (rows(["a", "b"], start_s=[None, 0.5], end_s=[0.0, 1.0]), "end_s <= 0", "row 0"),
+        (rows(["a", "b"], end_s=[-2.0, 1.0]), "end_s <= 0", "row 0"),
         (rows(["a", "b", "a", "a"]), "duplicate video_id (1 distinct ids): 3 row(s)", "row 3"),
     ],
 )
@@ -152,6 +162,88 @@ def test_metadata_selection_errors(tmp_path, selection, match):
     )
     with pytest.raises(ManifestError, match=match):
         validate_manifest(path, metadata_columns=selection)
+
+
+def test_all_none_columns_written_by_pandas_take_the_other_files_types(tmp_path):
+    # pandas writes a column of only None with Arrow's null type.
+    empty = pd.DataFrame(
+        {"video_id": ["a"], "uri": ["x"], "version": [None], "start_s": [None], "end_s": [None]}
+    )
+    empty["score"] = None
+    (tmp_path / "m").mkdir()
+    empty.to_parquet(tmp_path / "m/a.parquet")
+    assert pa.types.is_null(pq.read_schema(tmp_path / "m/a.parquet").field("end_s").type)
+    write(
+        tmp_path / "m/b.parquet",
+        rows(["b"], version=["2"], start_s=[1], end_s=[4.0], score=pa.array([7], pa.int32())),
+    )
+    info = validate_manifest(str(tmp_path / "m"))
+    types = dict(zip(info.columns, info.schema.types, strict=True))
+    assert types == {
+        "video_id": pa.string(),
+        "uri": pa.string(),
+        "version": pa.string(),
+        "start_s": pa.float64(),
+        "end_s": pa.float64(),
+        "score": pa.int32(),
+    }
+    got = pa.Table.from_batches(list(info.iter_batches())).sort_by("video_id").to_pylist()
+    assert got == [
+        {
+            "video_id": "a",
+            "uri": "x",
+            "version": None,
+            "start_s": None,
+            "end_s": None,
+            "score": None,
+        },
+        {
+            "video_id": "b",
+            "uri": "s3://videos/b.mp4",
+            "version": "2",
+            "start_s": 1.0,
+            "end_s": 4.0,
+            "score": 7,
+        },
+    ]
+
+
+def test_dictionary_metadata_unifies_with_plain_strings(tmp_path):
+    categorical = pd.DataFrame({"video_id": ["a", "b"], "uri": ["x", "y"]})
+    categorical["genre"] = pd.Categorical(["news", "sport"])
+    (tmp_path / "m").mkdir()
+    categorical.to_parquet(tmp_path / "m/a.parquet")
+    write(tmp_path / "m/b.parquet", rows(["c"], genre=["news"]))
+    info = validate_manifest(str(tmp_path / "m"))
+    assert info.metadata_fields == (pa.field("genre", pa.string()),)
+    got = pa.Table.from_batches(list(info.iter_batches())).sort_by("video_id")
+    assert got["genre"].to_pylist() == ["news", "sport", "news"]
+    # A single categorical file gives the same column type as a plain one.
+    single = validate_manifest(str(tmp_path / "m/a.parquet"))
+    assert single.metadata_fields == (pa.field("genre", pa.string()),)
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["127.0.0.1:9000", "minio:9000", "ftp://minio:9000", "http://", "http://k:s@h"]
+)
+def test_s3_endpoint_without_scheme_and_host_is_refused(tmp_path, no_network, endpoint):
+    with pytest.raises(ManifestError, match="endpoint_url must be http://host"):
+        manifest_filesystem("s3://catalog/m.parquet", endpoint_url=endpoint)
+    with pytest.raises(ManifestError, match="endpoint_url must be http://host"):
+        validate_manifest("s3://catalog/m.parquet", endpoint_url=endpoint)
+    assert no_network == []
+
+
+def test_s3_region_comes_from_the_environment_unless_given(monkeypatch, no_network):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/vidcat-test-aws-config")
+    fs, path = manifest_filesystem("s3://catalog/m/", endpoint_url="http://127.0.0.1:9")
+    assert fs.region == "eu-west-3" and path == "catalog/m"
+    assert manifest_filesystem("s3://catalog/m/")[0].region == "eu-west-3"
+    assert manifest_filesystem("s3://catalog/m/", region="ap-south-1")[0].region == "ap-south-1"
+    assert no_network == []
 
 
 def test_entirely_null_metadata_column(tmp_path):
