@@ -1,7 +1,10 @@
 """Checkpoint loading: layouts, safety, strict key accounting, interpolation, remote sources."""
 
 import collections
+import hashlib
+import json
 import logging
+import os
 import pickle
 from pathlib import Path
 
@@ -203,13 +206,34 @@ def test_interpolate_rejects_a_pos_embed_without_patch_rows():
         interpolate_pos_embed(torch.zeros(2, 7, 8), 4, 3)
 
 
-def test_digest_is_cached_and_tracks_content(tmp_path):
+def test_digest_is_cached_and_tracks_content(tmp_path, monkeypatch):
+    from models.internvideo2 import checkpoint as ckpt
+
+    reads = []
+    real_open = open
+
+    def counting_open(file, *args, **kwargs):  # `file_digest` reads the file with `open`
+        if Path(file) == f:
+            reads.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "open", counting_open, raising=False)
     f = tmp_path / "w.pt"
     f.write_bytes(b"abc")
     d1 = file_digest(f)
-    assert d1.startswith("sha256:") and d1 == file_digest(f)
-    f.write_bytes(b"abcd")
-    assert file_digest(f) != d1
+    assert d1 == "sha256:" + hashlib.sha256(b"abc").hexdigest() and len(reads) == 1
+    sidecar = json.loads((tmp_path / "w.pt.sha256.json").read_text())
+    st = f.stat()
+    assert sidecar == {"size": 3, "mtime_ns": st.st_mtime_ns, "digest": d1}
+
+    assert file_digest(f) == d1 and len(reads) == 1  # from the sidecar: not read again
+
+    # Same size, new mtime (set explicitly: a fast rewrite can keep the old timestamp).
+    f.write_bytes(b"xyz")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    d2 = file_digest(f)
+    assert d2 == "sha256:" + hashlib.sha256(b"xyz").hexdigest() != d1 and len(reads) == 2
+    assert json.loads((tmp_path / "w.pt.sha256.json").read_text())["digest"] == d2
 
 
 def test_random_model_is_deterministic_and_labelled():

@@ -352,6 +352,21 @@ def test_temp_file_is_private_and_always_removed(media, s3_bucket, tmp_path):
         assert not list(staging.iterdir())
 
 
+def _open_files_of_ours(tmp_path) -> list[str]:
+    """Targets of this process's descriptors that are vidcat temp files or lie under
+    `tmp_path`. Only those: Ray's and moto's threads open and close other descriptors at any
+    time, so a count of every descriptor is not this code's to assert."""
+    ours = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed since the listing (the listing's own descriptor, too)
+            continue
+        if os.path.basename(target).startswith("vidcat-") or target.startswith(f"{tmp_path}/"):
+            ours.append(target)
+    return sorted(ours)
+
+
 def test_a_failing_s3_filesystem_leaks_no_descriptor(media, tmp_path, monkeypatch):
     def unavailable(self):
         raise OSError("no credentials")
@@ -359,9 +374,9 @@ def test_a_failing_s3_filesystem_leaks_no_descriptor(media, tmp_path, monkeypatc
     monkeypatch.setattr(S3Config, "filesystem", unavailable)
     config = DecodeConfig(temp_dir=str(tmp_path), max_attempts=3)
     with IsolatedDecoder(config) as dec:
-        before = len(os.listdir("/proc/self/fd"))
+        before = _open_files_of_ours(tmp_path)
         results = [dec.decode(f"s3://bucket/v{i}.mp4") for i in range(5)]
-        assert len(os.listdir("/proc/self/fd")) == before
+        assert _open_files_of_ours(tmp_path) == before
     assert {(r.status, r.attempts) for r in results} == {(Status.FETCH_ERROR, 3)}
     assert "no credentials" in results[0].message
     assert not list(tmp_path.iterdir())
@@ -401,7 +416,8 @@ def test_files_over_max_bytes_are_refused_before_reading(media, s3_bucket, tmp_p
         assert dec.decode(f"s3://{bucket}/good.mp4").status is Status.OK
 
 
-def test_child_is_respawned_after_crash_timeout_and_kill(media):
+@pytest.mark.timeout(120)  # a hang guard; the oom/timeout split is the status itself
+def test_child_is_respawned_after_crash_timeout_and_kill(media, monkeypatch):
     config = DecodeConfig(
         allowed_roots=(str(media),),
         timeout_s=20.0,
@@ -417,15 +433,28 @@ def test_child_is_respawned_after_crash_timeout_and_kill(media):
         second = dec.child_pid
         assert second not in (None, first)
 
-        # Death by SIGKILL from outside (the kernel's OOM killer does this) reads as oom.
+        # Death by SIGKILL from outside (the kernel's OOM killer does this) reads as oom,
+        # not as the timeout (20 s) that the hung job would otherwise reach. The kill comes
+        # once the job is in the child's pipe, so it cannot land before the job is sent.
+        sent = threading.Event()
+
+        def send_then_flag(*args, **kwargs):
+            write_message(*args, **kwargs)
+            sent.set()
+
         def kill_child() -> None:
-            time.sleep(1.0)
+            sent.wait()
             os.kill(second, signal.SIGKILL)
 
-        threading.Thread(target=kill_child).start()
-        started = time.monotonic()
-        result = dec.decode(good, video_id="hang")
-        assert result.status is Status.OOM and time.monotonic() - started < 10
+        write_message = decode.write_message
+        killer = threading.Thread(target=kill_child)
+        with monkeypatch.context() as patch:
+            patch.setattr(decode, "write_message", send_then_flag)
+            killer.start()
+            result = dec.decode(good, video_id="hang")
+        killer.join()
+        assert result.status is Status.OOM, result.message
+        assert "SIGKILL" in result.message
         assert dec.decode(good).status is Status.OK
 
 
@@ -681,20 +710,34 @@ def test_decoder_pool_imap_keeps_order_and_a_bounded_window():
         pool.close()
 
 
+@pytest.mark.timeout(60)  # a hang guard: nothing here waits on a clock
 def test_decoder_pool_imap_stopped_early_cancels_what_has_not_started():
-    pool = DecoderPool(DecodeConfig(), size=2)
+    """A consumer that stops taking results cancels the items submitted but not started:
+    they never run, even once the pool has threads free for them."""
+    size = 2
+    pool = DecoderPool(DecodeConfig(), size=size)
     started: list[int] = []
+    changed = threading.Condition()
+    release = threading.Event()
 
-    def work(decoder, i):
-        started.append(i)
-        time.sleep(0.05)
+    def work(decoder, i):  # the decoders' processes are never started: nothing decodes
+        with changed:
+            started.append(i)
+            changed.notify_all()
+        if i:
+            release.wait()
         return i
 
     try:
         results = pool.imap(work, range(50))
         assert next(results) == 0
-        results.close()  # the consumer stops: queued items are cancelled, not run
-        time.sleep(0.3)
-        assert len(started) <= 2 * 2
+        # The window holds 2 * size items (0 .. 2*size - 1). Item 0 is done, so its thread
+        # takes the next one; then every thread blocks: items 0 .. size have started and
+        # size + 1 .. 2*size - 1 (here item 3) wait in the queue. Wait for that state.
+        with changed:
+            changed.wait_for(lambda: len(started) == size + 1)
+        results.close()  # the consumer stops: the queued items are cancelled, not run
     finally:
-        pool.close()
+        release.set()
+        pool.close()  # waits for the running items, and would run any left in the queue
+    assert sorted(started) == list(range(size + 1))

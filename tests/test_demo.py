@@ -71,7 +71,7 @@ def test_tokenizer_reaches_the_query(tmp_path, calls):
     assert _after(q, "--tokenizer") == str(tok)
 
 
-def test_checkpoint_without_tokenizer_online_goes_ahead(tmp_path, calls, monkeypatch):
+def test_checkpoint_without_tokenizer_online_goes_ahead(tmp_path, calls, monkeypatch, no_network):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the query would fetch it
@@ -79,6 +79,7 @@ def test_checkpoint_without_tokenizer_online_goes_ahead(tmp_path, calls, monkeyp
     assert demo.main(argv) == 0
     (q,) = calls["query"]
     assert "--tokenizer" not in q and calls["catalog"] == [1]
+    assert no_network == []  # online mode, yet the demo itself fetched nothing
 
 
 def test_catalog_is_remade_when_num_videos_changes(tmp_path, calls):

@@ -130,6 +130,11 @@ def head():
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=secrets.token_hex(32),  # not the shared ~/.ray/auth_token
         RAY_USAGE_STATS_ENABLED="0",
+        # The dashboard still posts a "usage stats disabled" report (usage_stats_head.py)
+        # to this URL; the default is https://usage-stats.ray.io. Port 9 on loopback is
+        # closed, so the post fails at once and nothing leaves the machine. The job
+        # submit CLI runs with this same env.
+        RAY_USAGE_STATS_REPORT_URL="http://127.0.0.1:9/",
         OMP_NUM_THREADS="1",
     )
     cmd = [

@@ -280,33 +280,33 @@ def test_hash_collisions_are_confirmed_exactly(tmp_path, monkeypatch):
     assert validate_manifest(write(tmp_path / "ok.parquet", rows(["a", "b", "c"]))).num_rows == 3
 
 
-def test_s3_prefix_of_several_files(s3_server):
+def test_s3_prefix_of_several_files(s3_bucket):
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
-    s3.create_bucket(Bucket="catalog")
+    endpoint, bucket = s3_bucket  # a fresh bucket: the moto server is shared by the session
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     for part, ids in enumerate([["a", "b"], ["c"], ["d", "e"]]):
         sink = pa.BufferOutputStream()
         pq.write_table(rows(ids, title=ids), sink)
         s3.put_object(
-            Bucket="catalog", Key=f"m/part-{part}.parquet", Body=sink.getvalue().to_pybytes()
+            Bucket=bucket, Key=f"m/part-{part}.parquet", Body=sink.getvalue().to_pybytes()
         )
-    s3.put_object(Bucket="catalog", Key="m/README", Body=b"not data")
+    s3.put_object(Bucket=bucket, Key="m/README", Body=b"not data")
 
-    info = validate_manifest("s3://catalog/m/", endpoint_url=s3_server)
-    assert info.paths == tuple(f"catalog/m/part-{i}.parquet" for i in range(3))
-    assert info.num_rows == 5 and info.base_dir == "s3://catalog/m"
+    info = validate_manifest(f"s3://{bucket}/m/", endpoint_url=endpoint)
+    assert info.paths == tuple(f"{bucket}/m/part-{i}.parquet" for i in range(3))
+    assert info.num_rows == 5 and info.base_dir == f"s3://{bucket}/m"
     assert sorted(pa.Table.from_batches(list(info.iter_batches()))["title"].to_pylist()) == list(
         "abcde"
     )
-    single = validate_manifest("s3://catalog/m/part-1.parquet", endpoint_url=s3_server)
-    assert single.num_rows == 1 and single.base_dir == "s3://catalog/m"
-    assert default_allowed_root("s3://catalog/m/") is None
+    single = validate_manifest(f"s3://{bucket}/m/part-1.parquet", endpoint_url=endpoint)
+    assert single.num_rows == 1 and single.base_dir == f"s3://{bucket}/m"
+    assert default_allowed_root(f"s3://{bucket}/m/") is None
 
     sink = pa.BufferOutputStream()
     pq.write_table(rows(["a"]), sink)
-    s3.put_object(Bucket="catalog", Key="m/part-9.parquet", Body=sink.getvalue().to_pybytes())
-    with pytest.raises(ManifestError, match=r"'a' at s3://catalog/m/part-0\.parquet row 0"):
-        validate_manifest("s3://catalog/m", endpoint_url=s3_server)
+    s3.put_object(Bucket=bucket, Key="m/part-9.parquet", Body=sink.getvalue().to_pybytes())
+    with pytest.raises(ManifestError, match=rf"'a' at s3://{bucket}/m/part-0\.parquet row 0"):
+        validate_manifest(f"s3://{bucket}/m", endpoint_url=endpoint)
     with pytest.raises(ManifestError, match="not found"):
-        validate_manifest("s3://catalog/nothing/", endpoint_url=s3_server)
+        validate_manifest(f"s3://{bucket}/nothing/", endpoint_url=endpoint)
