@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import schema
-from .build import MAX_SOURCE_BLOCKS, ResourceConfig, build_dataset
+from .build import ResourceConfig, build_dataset
 from .decode import DecodeConfig, S3Config, content_version_of
 from .embed import EmbedConfig, signature
 from .lifecycle import MaintenanceConfig, maintain
@@ -283,7 +283,6 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             prune=cfg.prune,
             version_of=_version_resolver(decode),
             block_rows=cfg.resources.decode_batch_videos,
-            max_blocks=MAX_SOURCE_BLOCKS,
         )
         logger.info("plan: %s", plan.summary())
         _check_prune(plan, cfg)
