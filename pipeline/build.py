@@ -16,6 +16,7 @@ import ray
 
 from .decode import DecodeConfig, DecodeStage
 from .embed import EmbedConfig, EmbedStage
+from .refresh import rows_per_block
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def source_block_rows(num_rows: int, batch: int) -> int:
     actor in one task; blocks of one decode batch spread the work over every decode actor
     and let the embed stage start as soon as the first batch is decoded.
     """
-    return batch * max(1, math.ceil(num_rows / (batch * MAX_SOURCE_BLOCKS)))
+    return rows_per_block(num_rows, batch, MAX_SOURCE_BLOCKS)
 
 
 def _manifest_blocks(table: pa.Table, batch: int) -> ray.data.Dataset:

@@ -808,18 +808,17 @@ class DecodeStage:
         results = self._decoders.imap(
             lambda decoder, i: self._decode_row(decoder, columns, i), range(num_rows)
         )
-        group, group_bytes, first, rows = [], 0, 0, 0
+        group, group_rows, first, rows = [], 0, 0, 0
         for result in results:
             group.append(result)
-            group_bytes += max(1, len(result[1].clips)) * clip_bytes
-            if group_bytes >= self.output_bytes:
-                rows += group_bytes // clip_bytes
+            group_rows += max(1, len(result[1].clips))  # a failed video is one row
+            if group_rows * clip_bytes >= self.output_bytes:
                 yield self._assemble(columns, group, first)
-                first += len(group)
-                group, group_bytes = [], 0
+                rows, first = rows + group_rows, first + len(group)
+                group, group_rows = [], 0
         if group or not num_rows:
-            rows += group_bytes // clip_bytes
             yield self._assemble(columns, group, first)
+            rows += group_rows
         logger.debug(
             "decoded %d videos into %d rows in %.2f s",
             num_rows,

@@ -102,6 +102,12 @@ class RefreshPlan:
         return deleted
 
 
+def rows_per_block(num_rows: int, batch: int, max_blocks: int) -> int:
+    """Rows per block of rows to decode: one decode batch, or the smallest whole multiple
+    of it that keeps `num_rows` within `max_blocks` blocks (one Ray Data task each)."""
+    return batch * max(1, math.ceil(num_rows / (batch * max_blocks)))
+
+
 def block_metadata(block: pa.Table) -> Any:
     """Ray Data's metadata of a block, computed here, where the block already is."""
     from ray.data.block import BlockMetadataWithSchema
@@ -436,8 +442,7 @@ def _plan_bucket(plan, m, s, e, signature, mode, prune, version_of, blocks) -> N
     plan.changed += n_embed - n_new - n_retried
     plan.skipped += n - n_embed
     rows = m.take(np.sort(j[_ROW].filter(embed).to_numpy()))
-    batch, most = blocks
-    block_rows = batch * max(1, math.ceil(len(rows) / (batch * most)))
+    block_rows = rows_per_block(len(rows), *blocks)
     for start in range(0, len(rows), block_rows):
         block = rows.slice(start, block_rows)
         plan.embed_refs.append((ray.put(block), len(block), block_metadata(block)))
