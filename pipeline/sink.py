@@ -39,7 +39,6 @@ _TABLE_NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")
 _STATUSES = pa.array([s.value for s in Status])
 
 
-# Anything `redact_uri` could change: userinfo, query, fragment, non-printable characters.
 class TableSchemaError(RuntimeError):
     """An existing table does not have the columns this run writes."""
 
@@ -59,8 +58,8 @@ class SinkConfig:
         chunk_seconds: ...or once this long has passed since the last commit.
         storage_options: object-store options for remote databases (never logged).
         metadata_fields: manifest columns carried into the embeddings table. Nulls stay
-            null; a NaN in a float column is stored as null too, since Ray's numpy batches
-            carry every numeric null as NaN.
+            null; a NaN in a float column is stored as null too, since a numpy batch carries
+            every numeric null as NaN (the pipeline's own batches are Arrow).
         store_vision_tokens: also write `<table>_vision_tokens`. Tokens take megabytes
             per clip and stay buffered until their chunk commits: lower `chunk_rows`.
     """

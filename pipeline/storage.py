@@ -29,8 +29,9 @@ def check_db_uri(uri: str) -> None:
     Raises:
         ValueError: `uri` is not a local path, `file:///absolute/path` or `s3://bucket/...`.
     """
-    scheme = urlparse(uri).scheme
-    if scheme == "s3" and not urlparse(uri).netloc:
+    parsed = urlparse(uri)
+    scheme = parsed.scheme
+    if scheme == "s3" and not parsed.netloc:
         raise ValueError(f"s3 location has no bucket: {redact_uri(uri)}")
     if scheme == "file" and (
         not uri.startswith("file:///") or any(c in uri for c in _AMBIGUOUS_IN_FILE_URI)
