@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures import KEYS_1B, TINY_CHECKPOINT, TINY_CONFIG
 
 from models.internvideo2 import InternVideo2, InternVideo2Config, load_internvideo2
 from models.internvideo2.checkpoint import (
@@ -23,22 +24,19 @@ from models.internvideo2.checkpoint import (
     resolve_checkpoint,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
-REF = SHARED / "internvideo2_tiny"
-
 
 @pytest.fixture(scope="module")
 def tiny_config():
-    return InternVideo2Config.from_json(REF / "config.json")
+    return InternVideo2Config.from_json(TINY_CONFIG)
 
 
 @pytest.fixture(scope="module")
 def tiny_sd():
-    return read_state_dict(REF / "checkpoint.pt")
+    return read_state_dict(TINY_CHECKPOINT)
 
 
 def official_keys():
-    rows = (SHARED / "internvideo2_stage2_1b_keys.tsv").read_text().splitlines()[1:]
+    rows = KEYS_1B.read_text().splitlines()[1:]
     out = {}
     for row in rows:
         key, shape, _dtype = row.split("\t")
@@ -62,7 +60,7 @@ def test_stage2_1b_has_exactly_the_official_keys_and_shapes():
 
 def _check_loads(path, config):
     model = load_internvideo2(path, config)
-    ref = load_internvideo2(REF / "checkpoint.pt", config)
+    ref = load_internvideo2(TINY_CHECKPOINT, config)
     for (k, a), (_, b) in zip(model.state_dict().items(), ref.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     return model
@@ -112,7 +110,7 @@ def test_bf16_checkpoint_loads_in_requested_dtype(tmp_path, tiny_sd, tiny_config
 
 
 def test_ignored_keys_are_reported(tiny_config):
-    model = load_internvideo2(REF / "checkpoint.pt", tiny_config)
+    model = load_internvideo2(TINY_CHECKPOINT, tiny_config)
     ignored = set(model.load_report.ignored)
     assert {"temp", "text_encoder.bert.embeddings.position_ids"} <= ignored
     assert all(is_ignored(k) for k in ignored)
@@ -145,7 +143,7 @@ def test_shape_mismatch_is_named(tmp_path, tiny_sd, tiny_config):
 
 def test_wrong_config_is_an_error_not_a_silent_partial_load(tiny_config):
     with pytest.raises(CheckpointError, match="shape mismatches"):
-        load_internvideo2(REF / "checkpoint.pt", InternVideo2Config.tiny_random(num_frames=2))
+        load_internvideo2(TINY_CHECKPOINT, InternVideo2Config.tiny_random(num_frames=2))
 
 
 def test_non_checkpoint_file(tmp_path):
@@ -169,14 +167,14 @@ def test_interpolation_is_linear_in_time_and_keeps_cls():
 
 def test_other_frame_count_is_interpolated_with_a_warning(tiny_config, caplog):
     caplog.set_level(logging.WARNING, logger="models.internvideo2.checkpoint")
-    model = load_internvideo2(REF / "checkpoint.pt", tiny_config, num_frames=4)
+    model = load_internvideo2(TINY_CHECKPOINT, tiny_config, num_frames=4)
     assert model.load_report.interpolated == ["vision_encoder.pos_embed"]
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(
         "vision_encoder.pos_embed" in m and "2 frames" in m and "4 frames" in m for m in warned
     ), warned
     caplog.clear()
-    load_internvideo2(REF / "checkpoint.pt", tiny_config)  # same frame count: no warning
+    load_internvideo2(TINY_CHECKPOINT, tiny_config)  # same frame count: no warning
     assert not [r for r in caplog.records if "interpolating" in r.getMessage()]
 
 

@@ -4,18 +4,16 @@ Run on a GPU machine with `pytest -m gpu tests/test_gpu.py`; they need only torc
 and pyarrow (no Ray or LanceDB).
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from fixtures import TINY_CHECKPOINT, TINY_CONFIG, TINY_IO
 
 from models.internvideo2 import InternVideo2Config, load_internvideo2, random_internvideo2
 from pipeline import schema
 from pipeline.embed import EmbedConfig, EmbedStage, ModelSpec
 
 pytestmark = pytest.mark.gpu
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "internvideo2_tiny"
 
 
 @pytest.fixture(autouse=True)
@@ -28,10 +26,9 @@ def _no_tf32():
 
 @torch.inference_mode()
 def test_golden_tensors_on_cuda_float32():
-    ref = Path(__import__("os").environ.get("VIDCAT_GOLDEN_DIR", REF))
-    cfg = InternVideo2Config.from_json(ref / "config.json")
-    io = {k: torch.from_numpy(v) for k, v in np.load(ref / "io.npz").items()}
-    m = load_internvideo2(ref / "checkpoint.pt", cfg, device="cuda")
+    cfg = InternVideo2Config.from_json(TINY_CONFIG)
+    io = {k: torch.from_numpy(v) for k, v in np.load(TINY_IO).items()}
+    m = load_internvideo2(TINY_CHECKPOINT, cfg, device="cuda")
     tokens, _ = m.video_features(io["video_pixels"])
     _, hidden = m.encode_text(io["text_input_ids"], io["text_attention_mask"])
     v, t = io["itm_video_index"], io["itm_text_index"]

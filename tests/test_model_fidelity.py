@@ -1,30 +1,28 @@
 """Golden-output parity with the reference implementation (float32, tiny model)."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from fixtures import TINY_CHECKPOINT, TINY_CONFIG, TINY_IO
 
 from models.internvideo2 import InternVideo2Config, load_internvideo2
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "internvideo2_tiny"
 TOL = 2e-6
 
 
 @pytest.fixture(scope="module")
 def io():
-    return {k: torch.from_numpy(v) for k, v in np.load(REF / "io.npz").items()}
+    return {k: torch.from_numpy(v) for k, v in np.load(TINY_IO).items()}
 
 
 @pytest.fixture(scope="module")
 def config():
-    return InternVideo2Config.from_json(REF / "config.json")
+    return InternVideo2Config.from_json(TINY_CONFIG)
 
 
 @pytest.fixture(scope="module", params=["sdpa", "math"])
 def model(request, config):
-    m = load_internvideo2(REF / "checkpoint.pt", config)
+    m = load_internvideo2(TINY_CHECKPOINT, config)
     m.set_attention_impl(request.param)
     return m
 
@@ -70,7 +68,7 @@ def test_matching_logits_for_every_pair(model, io):
 @torch.inference_mode()
 def test_temporal_interpolation(config, io):
     t = int(io["interp_num_frames"])
-    model = load_internvideo2(REF / "checkpoint.pt", config, num_frames=t)
+    model = load_internvideo2(TINY_CHECKPOINT, config, num_frames=t)
     assert model.num_frames == t
     assert model.load_report.interpolated == ["vision_encoder.pos_embed"]
     tokens, _ = model.video_features(io["interp_pixels"])

@@ -1,7 +1,7 @@
 """Configuration of the InternVideo2 stage-2 model (vision encoder, BERT text/fusion, projections).
 
 Field names follow the reference implementation's `config.json` layout (see
-`shared/reference/internvideo2_tiny/config.json`), so a config can be read from such a file.
+`tests/data/internvideo2_tiny/config.json`), so a config can be read from such a file.
 """
 
 from __future__ import annotations
