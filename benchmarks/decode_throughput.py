@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from models.internvideo2.preprocess import middle_frame_indices, resize_frames
-from pipeline._decode_worker import decode_path
 from pipeline.decode import DecodeConfig, IsolatedDecoder
+from pipeline.decode.child import decode_path
 from pipeline.sample_catalog import iter_frames, make_sample_catalog, sample_videos, write_video
 
 

@@ -1,7 +1,7 @@
 """Whole-job throughput on CPUs: `pipeline.runner.run` vs a plain process pool decoding.
 
 The baseline is the least a job could cost: a `multiprocessing` pool with one process per
-core running the decode child's own function (:func:`pipeline._decode_worker.decode_path`,
+core running the decode child's own function (:func:`pipeline.decode.child.decode_path`,
 same probe, sampling and resize, torch single-threaded) on every video, frames dropped;
 timed on a fresh pool ("cold", process start and imports included) and again on the same
 pool ("warm", the ratio's denominator). The job is everything else too: validation and
@@ -67,7 +67,7 @@ def _init_worker(params: dict, niceness: int) -> None:
 def _decode_local(uri: str, roots: tuple[str, ...], base_dir: str, params: dict):
     """What the isolated decoder does for a local file, in-process: resolve + stat, then
     probe, decode, sample and resize. Returns the frames `[clips, T, H, W, 3]`."""
-    from pipeline._decode_worker import decode_path
+    from pipeline.decode.child import decode_path
     from pipeline.uris import resolve_uri
 
     path = resolve_uri(uri, roots, base_dir).path
@@ -289,23 +289,26 @@ def time_job(manifest: str, workdir: str, tag: str) -> dict:
         started = time.perf_counter()
         report = run(cfg)
         wall = time.perf_counter() - started
-    assert report["counts"]["failed"] == 0, report["counts"]
+    assert report.counts.failed == 0, report.counts
     return {"wall": wall, "cpu": cpu.seconds, "report": report, "by_process": cpu.by_process()}
 
 
-def _naive_decode(batch: dict, params: dict, root: str) -> dict:
+def _naive_decode(batch, params: dict, root: str):
     """The naive graph's decode task: in-process decode of each row, frames out."""
     import numpy as np
+    import pyarrow as pa
 
     from pipeline import schema
 
-    frames = [_decode_local(uri, (root,), root, params)[0] for uri in batch["uri"]]
+    frames = [_decode_local(uri, (root,), root, params)[0] for uri in batch["uri"].to_pylist()]
     n = len(frames)
-    return {
-        schema.FRAMES: np.stack(frames),
-        schema.STATUS: np.array(["ok"] * n, dtype=object),
-        schema.MESSAGE: np.array([""] * n, dtype=object),
-    }
+    return pa.table(
+        {
+            schema.FRAMES: schema.frames_array(np.stack(frames)),
+            schema.STATUS: ["ok"] * n,
+            schema.MESSAGE: pa.nulls(n, pa.string()),
+        }
+    )
 
 
 def time_naive(manifest: str, params: dict, cpus: int) -> dict:
@@ -324,6 +327,7 @@ def time_naive(manifest: str, params: dict, cpus: int) -> dict:
             _naive_decode,
             fn_kwargs={"params": params, "root": root},
             batch_size=cfg.resources.decode_batch_videos,
+            batch_format="pyarrow",
             num_cpus=1,
             concurrency=cpus,
         )
@@ -331,11 +335,12 @@ def time_naive(manifest: str, params: dict, cpus: int) -> dict:
             EmbedStage,
             fn_constructor_kwargs={"config": cfg.embed},
             batch_size=cfg.resources.embed_batch_clips,
+            batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=1),
             num_cpus=0,
             zero_copy_batch=False,
         )
-        rows = sum(len(b["embedding"]) for b in ds.iter_batches(batch_size=None))
+        rows = sum(len(b) for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"))
         wall = time.perf_counter() - started
     return {"wall": wall, "cpu": cpu.seconds, "rows": rows}
 
@@ -348,7 +353,7 @@ def med(values: list[float], fmt: str = ".1f") -> str:
 def cpu_profile(by_process: dict[str, float], videos: int) -> str:
     """CPU ms per video by kind of process, largest first."""
     groups = {
-        "decode children": ("pipeline._decode_worker",),
+        "decode children": ("pipeline.decode.child",),
         "decode actors": ("MapBatches(DecodeStage)",),
         "embed actor": ("MapBatches(EmbedStage)",),
         "driver": ("driver",),
@@ -411,13 +416,13 @@ def main() -> None:
                 base = baseline(path, params, args.cpus, niceness)
                 base["bound"] = upper_bound(path, params, args.cpus, niceness)
                 job = time_job(path, workdir, f"{case}{i}")
-                assert job["report"]["counts"]["clips_embedded"] == base["clips"]
+                assert job["report"].counts.clips_embedded == base["clips"]
                 assert base["bound"]["clips"] == base["clips"]
                 if not args.no_naive:
                     job["naive"] = time_naive(path, params, args.cpus)
                     assert job["naive"]["rows"] == base["videos"]
                 results[case].append((base, job))
-                n, sec = base["videos"], job["report"]["seconds"]
+                n, sec = base["videos"], job["report"].seconds
                 print(
                     f"{case} #{i}: {n} videos: baseline {base['wall']:.2f} s warm, "
                     f"{base['cold']:.2f} s cold; decode+embed pool {base['bound']['wall']:.2f} s "

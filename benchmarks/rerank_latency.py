@@ -23,12 +23,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.decode import DecodeConfig, DecodeStage
-from pipeline.embed import EmbedConfig, EmbedStage, ModelSpec
+from pipeline.embed import EmbedConfig, EmbedStage
+from pipeline.models import ModelSpec
 from pipeline.query import CatalogSearch
-from pipeline.runner import RunConfig, signature_inputs
+from pipeline.runner import RunConfig
+from pipeline.runs import RunFiles
 from pipeline.sample_catalog import make_sample_catalog
 from pipeline.sink import LanceSink, SinkConfig
-from pipeline.storage import write_json
 
 SPEC = ModelSpec(model="tiny-random")
 QUERY = "a red circle moving right"
@@ -38,7 +39,7 @@ def build(root: Path, clips: int) -> str:
     manifest = make_sample_catalog(str(root), num_videos=clips, seconds=3.0)
     decode = DecodeConfig(allowed_roots=(str(root),), base_dir=str(root))
     embed = EmbedConfig(
-        model=SPEC, store_vision_tokens=True, signature_extra=signature_inputs(decode)
+        model=SPEC, store_vision_tokens=True, signature_extra=decode.signature_inputs()
     )
     rows = EmbedStage(embed)(DecodeStage(decode).decode_batch(pq.read_table(manifest)))
     db = str(root / "db")
@@ -52,9 +53,7 @@ def build(root: Path, clips: int) -> str:
         decode=decode,
         embed=EmbedConfig(model=SPEC),
     )
-    write_json(
-        f"{db}/_vidcat/videos/runs/00000000T000000Z-bench.config.json", run.to_dict(), run.s3
-    )
+    RunFiles(db, "videos", run.s3).write_config("00000000T000000Z-bench", run.to_dict())
     return db
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from jobs import embed_catalog
+from jobs.common import setup_logging
+from pipeline.models import TINY_RANDOM
 from pipeline.sample_catalog import make_sample_catalog
 
 log = logging.getLogger("vidcat.demo")
@@ -65,8 +65,8 @@ def catalog_is_current(manifest: Path, num_videos: int) -> bool:
         return False
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--out", default="demo_out", help="where the catalog and the table go")
     p.add_argument("--num-videos", type=int, default=24)
     p.add_argument("--checkpoint", default=None, help="InternVideo2 1B weights (else tiny-random)")
@@ -76,9 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before any work: otherwise the query fails only after the whole embed.
     if problem := tokenizer_problem(args.checkpoint, args.tokenizer):
         p.error(problem)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging()
 
     out = Path(args.out).resolve()
     manifest = out / "catalog" / "manifest.parquet"
@@ -90,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     model = (
         ["--model", "internvideo2-1b", "--checkpoint", args.checkpoint]
         if args.checkpoint
-        else ["--model", "tiny-random"]
+        else ["--model", TINY_RANDOM]
     )
     if not args.checkpoint:
         log.warning("no --checkpoint: embedding with the RANDOM tiny test model (tiny-random)")
@@ -110,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if code:
         return code
-    from pipeline import query
+    from jobs import query
 
     qargs = ["text", args.query, "--db", str(out / "lancedb"), "--k", "5", *model]
     if args.tokenizer:

@@ -20,31 +20,27 @@ import logging
 import os
 import sys
 from datetime import timedelta
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from jobs.common import add_s3_arguments, fail, setup_logging
 from pipeline.build import ResourceConfig
-from pipeline.decode import DecodeConfig, S3Config
-from pipeline.embed import INTERNVIDEO2_1B, TINY_RANDOM, EmbedConfig, ModelSpec
+from pipeline.db import TableSchemaError
+from pipeline.decode import DecodeConfig
+from pipeline.embed import EmbedConfig
 from pipeline.lifecycle import MaintenanceConfig
 from pipeline.manifest import ManifestError
-from pipeline.runner import (
-    EXIT_FAILED,
-    EXIT_INVALID_INPUT,
-    RunConfig,
-    run,
-    summarize,
-)
-from pipeline.sink import SinkConfig, TableSchemaError
-from pipeline.storage import check_db_uri
-from pipeline.uris import redact_text, redact_values
+from pipeline.models import INTERNVIDEO2_1B, MODEL_NAMES, TINY_RANDOM, ModelSpec
+from pipeline.runner import RunConfig, run
+from pipeline.runs import EXIT_FAILED
+from pipeline.sink import SinkConfig
+from pipeline.storage import S3Config, check_db_uri
+from pipeline.uris import redact_values
 
 log = logging.getLogger("vidcat.embed_catalog")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
+        prog=prog,
         description="Embed the videos of a Parquet manifest with InternVideo2 into LanceDB.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -69,12 +65,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="directory local video paths may be under (repeatable; default: the "
         "manifest's own directory)",
     )
-    io.add_argument(
-        "--s3-endpoint-url",
-        default=os.environ.get("AWS_ENDPOINT_URL"),
-        help="S3 endpoint (credentials always come from the AWS chain)",
-    )
-    io.add_argument("--s3-region", default=os.environ.get("AWS_REGION"))
 
     run_g = p.add_argument_group("run")
     run_g.add_argument(
@@ -120,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     m = p.add_argument_group("model")
     m.add_argument(
         "--model",
-        choices=[INTERNVIDEO2_1B, TINY_RANDOM],
+        choices=MODEL_NAMES,
         default=INTERNVIDEO2_1B,
         help=f"{TINY_RANDOM} is a random test model, never a fallback",
     )
@@ -177,6 +167,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="clips per encoder call (default 128 on GPU, 16 on CPU)",
     )
+    add_s3_arguments(p)
     return p.parse_args(argv)
 
 
@@ -190,10 +181,7 @@ def _absolute_local(root: str) -> str:
 def build_config(args: argparse.Namespace, has_gpu: bool) -> RunConfig:
     s3 = S3Config(endpoint_url=args.s3_endpoint_url, region=args.s3_region)
     model = ModelSpec(
-        model=args.model,
-        checkpoint=args.checkpoint,
-        num_frames=args.num_frames,
-        s3_endpoint_url=args.s3_endpoint_url,
+        model=args.model, checkpoint=args.checkpoint, num_frames=args.num_frames, s3=s3
     )
     gpus = args.gpus_per_actor if args.gpus_per_actor is not None else (1.0 if has_gpu else 0.0)
     # The sink's own checks (table name, chunk size) and the table's location, before
@@ -253,11 +241,9 @@ def build_config(args: argparse.Namespace, has_gpu: bool) -> RunConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    setup_logging()
+    args = parse_args(argv, prog)
     import ray
 
     # "local", not None: ray.init(None) attaches to whatever /tmp/ray/ray_current_cluster
@@ -272,8 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = build_config(args, has_gpu)
     except ValueError as exc:  # a config dataclass refused an argument
-        log.error("invalid arguments: %s", redact_text(str(exc)))
-        return EXIT_INVALID_INPUT
+        return fail(f"invalid arguments: {exc}")
     # Credentials or signatures in --manifest, --db or any other URI stay out of the log.
     # Each value is redacted whole, before dumping: a secret holding a quote or a space
     # would be cut short by redact_text's scan of the JSON text.
@@ -284,14 +269,14 @@ def main(argv: list[str] | None = None) -> int:
         # Raised while validating the manifest and opening the tables, before any work.
         # Any other error, a ValueError from Arrow or LanceDB included, may come after
         # commits: it is a failure, not invalid input.
-        log.error("invalid input: %s", exc)
-        return EXIT_INVALID_INPUT
+        return fail(f"invalid input: {exc}")
     except Exception:
         log.exception("run failed")
         return EXIT_FAILED
-    print(json.dumps(report, indent=2, sort_keys=True))
-    print(summarize(report))
-    return report["exit_code"]
+    # Machine output alone on stdout (`| jq` works); the human summary goes to the log.
+    print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    print(report.summary(), file=sys.stderr)
+    return report.exit_code
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Write a synthetic catalog of short videos and its manifest (local directory or S3).
 
-python -m jobs.make_sample_catalog --out demo_out/catalog --num-videos 24
+    vidcat sample-catalog --out demo_out/catalog --num-videos 24
+
+The manifest's path or URI goes to stdout; log lines to stderr.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ import argparse
 import json
 import logging
 import os
+import sys
 import time
 
-from pipeline.decode import S3Config
+from jobs.common import UsageError, add_s3_arguments, fail, s3_config, setup_logging
 from pipeline.sample_catalog import make_sample_catalog
 
 
@@ -23,8 +26,8 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="directory or s3://bucket/prefix")
     parser.add_argument("--num-videos", type=int, default=24)
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each video")
@@ -33,10 +36,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None, help="encoding processes")
     parser.add_argument("--absolute-uris", action="store_true", help="absolute local paths")
-    parser.add_argument("--s3-endpoint-url", default=None, help="e.g. http://127.0.0.1:9000")
-    parser.add_argument("--s3-region", default=None)
+    add_s3_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()
 
     settings = {
         "num_videos": args.num_videos,
@@ -47,20 +49,23 @@ def main(argv: list[str] | None = None) -> str:
         "seed": args.seed,
     }
     started = time.perf_counter()
-    manifest = make_sample_catalog(
-        args.out,
-        **settings,
-        s3=S3Config(endpoint_url=args.s3_endpoint_url, region=args.s3_region),
-        workers=args.workers,
-        absolute_uris=args.absolute_uris,
-    )
+    try:
+        manifest = make_sample_catalog(
+            args.out,
+            **settings,
+            s3=s3_config(args),
+            workers=args.workers,
+            absolute_uris=args.absolute_uris,
+        )
+    except (UsageError, ValueError) as exc:
+        return fail(exc)
     if not args.out.startswith("s3://"):
         with open(os.path.join(args.out, "sample_catalog.json"), "w") as f:
             json.dump(settings, f, indent=2)
     logging.info("%d videos in %.1f s", args.num_videos, time.perf_counter() - started)
     print(manifest)
-    return manifest
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,45 +1,43 @@
 """Restore the catalog (embeddings, errors and vision-token tables) to a refresh tag.
 
-python jobs/rollback.py --db s3://bucket/lancedb --list
-python jobs/rollback.py --db s3://bucket/lancedb --to refresh-20261126T020000Z
+    vidcat rollback --db s3://bucket/lancedb --list
+    vidcat rollback --db s3://bucket/lancedb --to refresh-20261126T020000Z
+
+Tags or the restored versions (JSON) go to stdout; errors to stderr (`error: …`, exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.decode import S3Config
+from jobs.common import UsageError, add_s3_arguments, fail, s3_config, setup_logging
+from pipeline.db import DatabaseNotFound, StoreError, TableSchemaError
 from pipeline.lifecycle import list_tags, rollback
-from pipeline.sink import TableSchemaError
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--db", required=True, help="LanceDB directory or s3:// prefix")
     p.add_argument("--table", default="videos")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--to", metavar="TAG", help="tag to restore, e.g. refresh-20261126T020000Z")
     what.add_argument("--list", action="store_true", help="list the tags and their versions")
-    p.add_argument("--s3-endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"))
-    p.add_argument("--s3-region", default=os.environ.get("AWS_REGION"))
+    add_s3_arguments(p)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    options = S3Config(args.s3_endpoint_url, args.s3_region).storage_options() or None
+    setup_logging()
     try:
+        options = s3_config(args).storage_options()
         if args.list:
-            print(json.dumps(list_tags(args.db, args.table, options), indent=2))
+            result = list_tags(args.db, args.table, options)
         else:
-            print(json.dumps(rollback(args.db, args.table, args.to, options), indent=2))
-    except (KeyError, FileNotFoundError, TableSchemaError) as exc:
-        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-        return 2
+            result = rollback(args.db, args.table, args.to, options)
+    except KeyError as exc:  # no such tag: its message is the first argument
+        return fail(exc.args[0] if exc.args else exc)
+    except (UsageError, DatabaseNotFound, StoreError, TableSchemaError) as exc:
+        return fail(exc)
+    print(json.dumps(result, indent=2))
     return 0
 
 

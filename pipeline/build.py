@@ -10,13 +10,16 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import ray
 
-from .decode import DecodeConfig, DecodeStage
-from .embed import EmbedConfig, EmbedStage
-from .refresh import rows_per_block
+from .compat import actor_retry_args
+
+if TYPE_CHECKING:
+    from .decode import DecodeConfig
+    from .embed import EmbedConfig
 
 logger = logging.getLogger(__name__)
 
@@ -87,24 +90,27 @@ class ResourceConfig:
 #: reads, row assembly: ~1 ms/video under the GIL) stays far below 4 decoders' output.
 MAX_AUTO_DECODERS_PER_ACTOR = 4
 
-#: Upper bound on manifest blocks: each costs a Ray Data task and a small object; past
-#: it, blocks grow by whole decode batches (1M videos in blocks of 4 would be 250k tasks).
-MAX_SOURCE_BLOCKS = 4096
+#: Most blocks of rows to decode: each costs a Ray Data task, a small object and ~2 ms of
+#: the driver's time (`ray.put` and its metadata), so 1024 are ~2 s of planning, and 1024
+#: decode tasks keep a few hundred decoders busy (4096 made a 10M-row plan 10 s slower);
+#: past it, blocks grow by whole decode batches.
+MAX_BLOCKS = 1024
 
 
-def source_block_rows(num_rows: int, batch: int) -> int:
-    """Rows per manifest block: one decode batch, or a multiple for huge manifests.
+def rows_per_block(num_rows: int, batch: int, max_blocks: int = MAX_BLOCKS) -> int:
+    """Rows per block of rows to decode: one decode batch, or the smallest whole multiple
+    of it that keeps `num_rows` within `max_blocks` blocks.
 
-    A map task takes one whole block, so a manifest in one block would be decoded by one
-    actor in one task; blocks of one decode batch spread the work over every decode actor
-    and let the embed stage start as soon as the first batch is decoded.
+    A map task takes one whole block, so rows in one block would be decoded by one actor
+    in one task; blocks of one decode batch spread the work over every decode actor and
+    let the embed stage start as soon as the first batch is decoded.
     """
-    return rows_per_block(num_rows, batch, MAX_SOURCE_BLOCKS)
+    return batch * max(1, math.ceil(num_rows / (batch * max_blocks)))
 
 
 def _manifest_blocks(table: pa.Table, batch: int) -> ray.data.Dataset:
     """An in-memory manifest table (tests, small runs) as a dataset of decode-batch blocks."""
-    rows = source_block_rows(table.num_rows, batch)
+    rows = rows_per_block(table.num_rows, batch)
     blocks = [table.slice(i, rows) for i in range(0, table.num_rows, rows)]
     # from_blocks computes block metadata here; from_arrow runs a remote task per block.
     return ray.data.from_blocks(blocks or [table])
@@ -142,7 +148,7 @@ def build_dataset(
 
     The result streams one row per clip (status ok) or per failed video, without frames.
     """
-    # The refresh plan already puts rows in the object store in blocks (source_block_rows);
+    # The refresh plan already puts rows in the object store in blocks (rows_per_block);
     # an in-memory table is split here.
     ds = (
         source
@@ -165,14 +171,11 @@ def build_dataset(
         resources.embed_gpus,
         resources.embed_batch_clips,
     )
-    # Ray Data's actor pools default to restarting actors and retrying their tasks forever
-    # (-1), so a video that kills its worker would loop. Ray 2.60 takes the bounds only as
-    # `**ray_remote_args`, which warns of removal in 2.64 without a named replacement yet;
-    # `ray` is pinned below 2.61, and moving the pin means moving these bounds.
-    retry = {
-        "max_restarts": resources.max_task_retries,
-        "max_task_retries": resources.max_task_retries,
-    }
+    from .decode import DecodeStage  # the stages load torch, decoders: only when wired
+    from .embed import EmbedStage
+
+    # A video that kills its worker must not be retried forever (pipeline.compat, entry 6).
+    retry = actor_retry_args(resources.max_task_retries)
     ds = ds.map_batches(
         DecodeStage,
         fn_constructor_kwargs={"config": decode, "decoders": per_actor},

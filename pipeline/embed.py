@@ -20,75 +20,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from models.internvideo2 import (
-    InternVideo2,
-    InternVideo2Config,
-    load_internvideo2,
-    random_internvideo2,
-)
-from models.internvideo2.checkpoint import checkpoint_identity
+from models.internvideo2 import InternVideo2
 from models.internvideo2.preprocess import normalize_frames
 
 from . import schema
+from .models import ModelSpec
 
 logger = logging.getLogger(__name__)
-
-TINY_RANDOM = "tiny-random"
-INTERNVIDEO2_1B = "internvideo2-1b"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which weights to embed with. Production names a checkpoint; tests use `tiny-random`.
-
-    Attributes:
-        model: `internvideo2-1b` (needs `checkpoint`) or `tiny-random` (random weights,
-            clearly labelled in every row's `model` column; never a silent fallback).
-        checkpoint: local path, `s3://` URI or hub id (`repo@revision`) of the 1B weights.
-        num_frames: frames per clip (T); the checkpoint's `pos_embed` is interpolated.
-        s3_endpoint_url: endpoint for an `s3://` checkpoint.
-        seed: weights seed of `tiny-random`.
-    """
-
-    model: str = INTERNVIDEO2_1B
-    checkpoint: str | None = None
-    num_frames: int = 4
-    s3_endpoint_url: str | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.model not in (INTERNVIDEO2_1B, TINY_RANDOM):
-            raise ValueError(
-                f"unknown model {self.model!r}: use {INTERNVIDEO2_1B} or {TINY_RANDOM}"
-            )
-        if self.model == INTERNVIDEO2_1B and not self.checkpoint:
-            raise ValueError(f"{INTERNVIDEO2_1B} needs a checkpoint (path, s3:// URI or hub id)")
-        if not 1 <= self.num_frames <= 16:
-            raise ValueError(f"num_frames must be in 1..16, got {self.num_frames}")
-
-    def config(self) -> InternVideo2Config:
-        if self.model == TINY_RANDOM:
-            return InternVideo2Config.tiny_random(num_frames=self.num_frames)
-        return InternVideo2Config.stage2_1b(num_frames=self.num_frames)
-
-    def identity(self) -> str:
-        """`name@digest`: what the `model` column records. Cheap: never downloads weights."""
-        if self.model == TINY_RANDOM:
-            cfg = json.dumps(self.config().to_dict(), sort_keys=True).encode()
-            return f"{TINY_RANDOM}@random:seed{self.seed}:{hashlib.sha256(cfg).hexdigest()[:12]}"
-        ident = checkpoint_identity(self.checkpoint, s3_endpoint_url=self.s3_endpoint_url)
-        return f"{self.config().name}@{ident}"
-
-    def build(self, device: torch.device | str, dtype: torch.dtype) -> InternVideo2:
-        if self.model == TINY_RANDOM:
-            return random_internvideo2(self.config(), seed=self.seed, device=device, dtype=dtype)
-        return load_internvideo2(
-            self.checkpoint,
-            self.config(),
-            device=device,
-            dtype=dtype,
-            s3_endpoint_url=self.s3_endpoint_url,
-        )
 
 
 @dataclass(frozen=True)
@@ -138,12 +76,11 @@ def encode_frames(model: InternVideo2, frames: np.ndarray) -> tuple[np.ndarray, 
 class EmbedStage:
     """Ray Data callable class: builds the model once per actor, embeds each batch.
 
-    Input columns: `frames` uint8 `[N, T, H, W, 3]`, `status`, plus anything else (passed
-    through). Output: the same rows without `frames`, with `embedding` float32
-    `[N, 512]` (zeros on failed rows), `model`, `signature`, `num_frames`, and
-    `vision_tokens`/`vision_tokens_shape` when configured. A numpy batch (a dict) comes back
-    as a dict; an Arrow table, as the pipeline passes it, as an Arrow table whose 2-D
-    columns (`embedding`, `vision_tokens_shape`) are fixed-size lists.
+    Input: an Arrow table with `frames` (a uint8 `[T, H, W, 3]` tensor per row, see
+    :func:`pipeline.schema.frames_array`), `status`, plus anything else (passed through).
+    Output: the same rows without `frames`, with `embedding` (float32 `fixed_size_list[512]`,
+    zeros on failed rows), `model`, `signature`, `num_frames`, and `vision_tokens` /
+    `vision_tokens_shape` when configured.
     """
 
     def __init__(self, config: EmbedConfig, model_identity: str | None = None) -> None:
@@ -168,33 +105,26 @@ class EmbedStage:
     def embed_frames(self, frames: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
         return encode_frames(self.model, frames)
 
-    def __call__(self, batch: dict[str, np.ndarray] | pa.Table) -> dict[str, np.ndarray] | pa.Table:
-        """Embed a batch. An Arrow table (what the pipeline passes) comes back as one: the
-        columns this stage does not write keep their exact types and nulls (numpy would
-        turn an int64 column with a null into float64, rounding values above 2**53)."""
-        if isinstance(batch, pa.Table):
-            from ray.data.block import BlockAccessor  # Arrow batches come from Ray Data
-
-            frames = BlockAccessor.for_block(batch).to_numpy(schema.FRAMES)
-            message = (
-                batch[schema.MESSAGE].to_numpy(zero_copy_only=False)
-                if schema.MESSAGE in batch.column_names
-                else None
-            )
-            columns = self._embed(
-                frames, batch[schema.STATUS].to_numpy(zero_copy_only=False), message
-            )
-            out = batch.drop_columns([schema.FRAMES])
-            for name, values in columns.items():
-                array = _arrow(values)
-                if name in out.column_names:
-                    out = out.set_column(out.column_names.index(name), name, array)
-                else:
-                    out = out.append_column(name, array)
-            return out
-        frames = batch.pop(schema.FRAMES)
-        batch.update(self._embed(frames, batch[schema.STATUS], batch.get(schema.MESSAGE)))
-        return batch
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Embed a batch. The columns this stage does not write keep their exact Arrow types
+        and nulls (metadata passes through untouched)."""
+        if not isinstance(batch, pa.Table):
+            raise TypeError(f"EmbedStage takes Arrow tables, got {type(batch).__name__}")
+        columns = self._embed(
+            schema.frames_ndarray(batch[schema.FRAMES]),
+            batch[schema.STATUS].to_numpy(zero_copy_only=False),
+            batch[schema.MESSAGE].to_numpy(zero_copy_only=False)
+            if schema.MESSAGE in batch.column_names
+            else None,
+        )
+        out = batch.drop_columns([schema.FRAMES])
+        for name, values in columns.items():
+            array = _arrow(values)
+            if name in out.column_names:
+                out = out.set_column(out.column_names.index(name), name, array)
+            else:
+                out = out.append_column(name, array)
+        return out
 
     def _embed(
         self, frames: np.ndarray, status: np.ndarray, message: np.ndarray | None
@@ -242,7 +172,7 @@ class EmbedStage:
 def _arrow(values: np.ndarray) -> pa.Array:
     """A column this stage writes, as Arrow: `[N, D]` numbers become fixed-size lists."""
     if values.ndim == 2:
-        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+        return schema.fixed_size_list(values)
     if values.dtype == object:
         return pa.array(values.tolist())
     return pa.array(values)

@@ -30,7 +30,6 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
 from typing import Any, Literal
 
 import lancedb
@@ -40,15 +39,8 @@ import pyarrow.compute as pc
 from lancedb.index import Bitmap, BTree, HnswSq, IvfFlat, IvfPq, IvfSq
 from lancedb.query import LanceVectorQueryBuilder
 
-from pipeline.schema import (
-    CLIP_END_S,
-    CLIP_ID,
-    CLIP_START_S,
-    EMBED_DIM,
-    EMBEDDING,
-    URI,
-    VIDEO_ID,
-)
+from pipeline.compat import compact, tune_vector_query
+from pipeline.schema import EMBED_DIM, EMBEDDING, RESULT_COLUMNS, VIDEO_ID
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +49,13 @@ logger = logging.getLogger(__name__)
 METRIC = "cosine"
 DISTANCE = "_distance"
 SCORE = "score"
-#: What `vector_search` returns by default (plus `_distance` and `score`).
-RESULT_COLUMNS = (CLIP_ID, VIDEO_ID, CLIP_START_S, CLIP_END_S, URI)
 #: Name LanceDB gives the vector index by default; fixed so stats can be looked up.
 VECTOR_INDEX_NAME = f"{EMBEDDING}_idx"
 #: Field-metadata key on the embedding column: rows the vector index was trained on.
 TRAINED_ROWS_KEY = "vidcat:index_trained_rows"
 
 IndexType = Literal["IVF_HNSW_SQ", "IVF_PQ", "IVF_SQ", "IVF_FLAT"]
+INDEX_TYPES: tuple[str, ...] = IndexType.__args__
 #: `list_indices()` spellings of vector index types (any, not only those we build).
 _VECTOR_INDEX_TYPES = frozenset(
     {"IvfHnswSq", "IvfHnswPq", "IvfHnswFlat", "IvfPq", "IvfSq", "IvfFlat", "IvfRq"}
@@ -132,8 +123,8 @@ class IndexConfig:
     retrain_backlog: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.index_type not in IndexType.__args__:
-            raise ValueError(f"index_type must be one of {IndexType.__args__}")
+        if self.index_type not in INDEX_TYPES:
+            raise ValueError(f"index_type must be one of {INDEX_TYPES}")
         positive = ("rows_per_partition", "min_partitions", "m", "ef_construction", "nprobes")
         for name in positive:
             if getattr(self, name) < 1:
@@ -161,7 +152,7 @@ class IndexConfig:
         index type goes through here rather than `dataclasses.replace(index_type=...)`.
         """
         if index_type not in _PRESETS:
-            raise ValueError(f"index_type must be one of {IndexType.__args__}")
+            raise ValueError(f"index_type must be one of {INDEX_TYPES}")
         return cls(**{"index_type": index_type, **_PRESETS[index_type], **overrides})
 
     def num_partitions(self, num_rows: int) -> int:
@@ -302,17 +293,6 @@ def _trained_rows(table: lancedb.table.Table) -> int | None:
     return int(value) if value is not None else None
 
 
-#: "Delete no version": `Table.optimize()` without `cleanup_older_than` also deletes every
-#: version older than 7 days, and fails outright when one of them is tagged (a refresh tag
-#: kept for rollback). Deleting versions is `pipeline.lifecycle`'s job, which keeps tags.
-_KEEP_ALL_VERSIONS = timedelta(days=365 * 100)
-
-
-def compact(table: lancedb.table.Table) -> None:
-    """Compact the table's files and fold new rows into its indices; delete no version."""
-    table.optimize(cleanup_older_than=_KEEP_ALL_VERSIONS)
-
-
 def update_index(table: lancedb.table.Table, config: IndexConfig = IndexConfig()) -> dict[str, Any]:
     """Bring the indices up to date after rows were appended.
 
@@ -382,17 +362,9 @@ def vector_query(
         builder = builder.where(where, prefilter=True)
     if exact:
         return builder.bypass_vector_index()
-    # Exactly `nprobes` partitions, also under a filter: LanceDB 0.40 probes every
-    # partition up to `maximum_nprobes` whenever a prefilter is set, and "unlimited" made a
-    # filtered 1M-row query 7x slower. `vector_search` covers the short-result case.
-    builder = builder.nprobes(config.nprobes)
-    if config.ef is not None:
-        # HNSW refuses a beam narrower than the candidates it must return (k, times the
-        # refine factor): widen it for large k rather than fail the query.
-        builder = builder.ef(max(config.ef, k * (config.refine_factor or 1)))
-    if config.refine_factor is not None:
-        builder = builder.refine_factor(config.refine_factor)
-    return builder
+    # Exactly `nprobes` partitions, also under a filter (`vector_search` covers a filter
+    # that leaves too few rows in them), a beam wide enough for k, and the exact re-rank.
+    return tune_vector_query(builder, k, config.nprobes, config.ef, config.refine_factor)
 
 
 def vector_search(

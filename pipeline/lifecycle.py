@@ -25,8 +25,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import schema
-from .index import IndexConfig, compact, update_index
-from .sink import open_table
+from .compat import compact
+from .db import open_table
+from .index import IndexConfig, update_index
 
 logger = logging.getLogger(__name__)
 

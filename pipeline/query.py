@@ -9,126 +9,52 @@ applied before the search (prefilter). Text queries can be re-ranked with the ma
 
 The connection checks for new table versions on every read (`read_consistency_interval`
 0), so a searcher opened before a refresh sees the refreshed rows. The model, the tokenizer
-and the decoder process start on first use: `similar()` needs none of them.
+and the decoder process start on first use, and torch is imported only then: `similar()`
+needs none of them. Opening a searcher never creates anything.
 
-CLI: `python -m pipeline.query {text,similar,video} ARG --db URI [...]` (`--help`).
+The command line is `vidcat query` (`jobs/query.py`).
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
 import dataclasses
-import io
-import json
 import logging
 import math
 import os
-import re
-import sys
-import tempfile
 import time
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
-import torch
 from lancedb.expr import col
 
-from models.internvideo2 import CheckpointError, InternVideo2
-from models.internvideo2.tokenizer import BERT_REPO, TokenizerError, load_tokenizer, tokenize
-from models.internvideo2.tokenizer import write_vocab as _write_vocab
-
 from . import schema
-from .decode import DecodeConfig, IsolatedDecoder, S3Config
-from .embed import INTERNVIDEO2_1B, TINY_RANDOM, EmbedConfig, EmbedStage, ModelSpec, encode_frames
+from .compat import sql_string
+from .db import DatabaseNotFound, StoreError, TableSchemaError, open_table
+from .decode import DecodeConfig, IsolatedDecoder
 from .index import SCORE, IndexConfig, config_for_table, vector_search
-from .rerank import CANDIDATE_COLUMNS, RERANK_SCORE, TOKEN_SOURCES, RerankConfig, Reranker
-from .schema import Status
-from .sink import TableSchemaError, open_table
+from .models import ModelSpec, tokenizer_for
+from .rerank import CANDIDATE_COLUMNS, RERANK_SCORE, RerankConfig, Reranker
+from .runs import RunFiles
+from .schema import RESULT_COLUMNS, Status
+from .storage import S3Config
 from .uris import UriRejected, redact_uri, resolve_uri
+
+if TYPE_CHECKING:
+    from models.internvideo2 import InternVideo2
+
+    from .embed import EmbedStage
 
 logger = logging.getLogger(__name__)
 
-#: Identifying columns of every result row, before `score` and the metadata columns.
-RESULT_COLUMNS = (
-    schema.CLIP_ID,
-    schema.VIDEO_ID,
-    schema.CLIP_INDEX,
-    schema.CLIP_START_S,
-    schema.CLIP_END_S,
-    schema.URI,
-)
 _PIPELINE_COLUMNS = frozenset(schema.embeddings_schema().names)
-#: Words of the tiny-random model's fixed vocabulary (the sample catalog's captions); any
-#: other word is spelled with single-letter pieces. Fixed, not taken from a table, so a
-#: query's token ids never depend on what the catalog holds.
-TINY_VOCAB_WORDS = (
-    *["red", "green", "blue", "yellow", "purple", "orange", "white", "black", "cyan", "pink"],
-    *["square", "circle", "triangle", "left", "right", "up", "down"],
-    *["moving", "on", "the", "background", "video", "of", "and", "with"],
-)
-#: `DecodeConfig` fields of a run that decide which frames a clip gets or whether its decode
-#: succeeds: a re-decode must use the run's values, not the defaults.
-RUN_DECODE_FIELDS = (
-    *("num_frames", "size", "clip_seconds", "clip_overlap_s", "decoder", "timeout_s"),
-    *("memory_limit_mb", "max_width", "max_height", "max_duration_s", "max_bytes"),
-    "max_attempts",
-)
+#: Most rows one query may ask for (LanceDB takes a 32-bit limit; no page needs more).
+MAX_K = 10_000
 
 
 class QueryError(ValueError):
     """A query that cannot run as asked; the message says why (CLI exit code 2)."""
-
-
-def tiny_tokenizer():
-    """WordPiece tokenizer for `tiny-random`: :data:`TINY_VOCAB_WORDS` plus letters."""
-    with tempfile.TemporaryDirectory(prefix="vidcat-vocab-") as tmp:
-        return load_tokenizer(_write_vocab(os.path.join(tmp, "vocab.txt"), TINY_VOCAB_WORDS))
-
-
-def s3_config(storage_options: dict[str, str] | None) -> S3Config:
-    """The :class:`S3Config` matching LanceDB `storage_options` (endpoint, region, anon)."""
-    opts = storage_options or {}
-    return S3Config(
-        endpoint_url=opts.get("endpoint") or opts.get("aws_endpoint"),
-        region=opts.get("region") or opts.get("aws_region"),
-        anon=str(opts.get("skip_signature", "")).lower() == "true",
-    )
-
-
-def decode_config_of_runs(db_uri: str, table: str, s3: S3Config) -> DecodeConfig | None:
-    """Decode settings of the latest pipeline run on `table`, from its resolved config.
-
-    The run writes `<db>/_vidcat/<table>/runs/<run_id>.config.json` with the resolved decode
-    settings: frame count, frame size and clip windows reproduce the clips; the decoder, the
-    timeout, memory cap, size limits and attempts (:data:`RUN_DECODE_FIELDS`) decide whether
-    a decode succeeds as it did in the run; `base_dir` and `allowed_roots` locate and admit
-    their URIs.
-    Returns None when no readable run config exists.
-    """
-    from .storage import filesystem_for, read_json
-
-    runs = f"{db_uri.rstrip('/')}/_vidcat/{table}/runs"
-    try:
-        fs, path = filesystem_for(runs, s3)
-        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-        names = sorted(i.base_name for i in infos if i.base_name.endswith(".config.json"))
-        if not names:
-            return None
-        cfg = read_json(f"{runs}/{names[-1]}", s3)
-        decode = cfg["decode"]
-        return DecodeConfig(
-            **{k: decode[k] for k in RUN_DECODE_FIELDS if k in decode},
-            allowed_roots=tuple(decode.get("allowed_roots") or ()),
-            base_dir=decode.get("base_dir"),
-            s3=S3Config(**cfg["s3"]),
-        )
-    except (OSError, KeyError, TypeError, ValueError) as exc:
-        logger.warning("cannot read the run config under %s: %s", redact_uri(runs), exc)
-        return None
 
 
 class _PrebuiltEncoder:
@@ -140,6 +66,8 @@ class _PrebuiltEncoder:
         self.model, self.device, self.dtype = model, model.device, model.dtype
 
     def embed_frames(self, frames: np.ndarray):
+        from .embed import encode_frames
+
         return encode_frames(self.model, frames)
 
 
@@ -156,9 +84,28 @@ def _local_query_path(path_or_uri: str) -> str:
 
 
 def _check_k(name: str, k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise QueryError(f"{name} must be a positive integer, got {k!r}")
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_K:
+        raise QueryError(f"{name} must be an integer from 1 to {MAX_K}, got {k!r}")
     return int(k)
+
+
+def check_where(where: str | None) -> str | None:
+    """`where`, or QueryError when it is not one SQL expression: empty, or holding a `;`
+    outside a string literal (LanceDB would silently drop everything after it)."""
+    if where is None:
+        return None
+    if not isinstance(where, str) or not where.strip():
+        raise QueryError(f"where must be a non-empty SQL expression, got {where!r}")
+    quoted = False
+    for char in where:
+        if char == "'":
+            quoted = not quoted  # '' inside a literal toggles twice
+        elif char == ";" and not quoted:
+            raise QueryError(
+                f"where must be one SQL expression; ';' would end it: {where!r} "
+                "(combine conditions with AND / OR)"
+            )
+    return where
 
 
 def _unit(vector: np.ndarray) -> np.ndarray | None:
@@ -175,11 +122,10 @@ class CatalogSearch:
         model: the model the table was embedded with (a :class:`ModelSpec`, or a built
             :class:`InternVideo2`); None allows only `similar()` and `text(vector=...)`.
         tokenizer: a tokenizer, a path to a WordPiece `vocab.txt` (or its directory) or a
-            hub id; None: :func:`tiny_tokenizer` for `tiny-random`, else
-            `bert-large-uncased`.
+            hub id; None: the model's own (`ModelSpec.tokenizer`).
         storage_options: object-store options for a remote database.
         decode: the table's decode settings (frames, size, clip windows, allowed roots, base
-            dir); None: those of the latest pipeline run (:func:`decode_config_of_runs`),
+            dir); None: those of the latest pipeline run (`RunFiles.latest_decode_settings`),
             else the defaults.
         device: `auto`, `cpu` or `cuda` for a :class:`ModelSpec`.
         index: ANN search parameters; None: the tuned preset of the index type the table
@@ -209,20 +155,24 @@ class CatalogSearch:
         read_consistency_interval: timedelta = timedelta(0),
         index_recheck: timedelta = timedelta(seconds=5),
     ) -> None:
-        if rerank_tokens not in TOKEN_SOURCES:
-            raise QueryError(f"rerank_tokens must be one of {TOKEN_SOURCES}")
         self.db_uri, self.table_name = db_uri, table
         self.model, self.device = model, device
         self._index_arg, self._index_for = index, None
         self._index_recheck_s, self._index_checked = index_recheck.total_seconds(), -math.inf
+        try:
+            self._rerank_config = RerankConfig(tokens=rerank_tokens)
+            if rerank_decoders is not None:
+                self._rerank_config = dataclasses.replace(
+                    self._rerank_config, decoders=rerank_decoders
+                )
+        except ValueError as exc:
+            raise QueryError(str(exc)) from None
         self.rerank_tokens = rerank_tokens
-        self._rerank_config = RerankConfig(tokens=rerank_tokens)
-        if rerank_decoders is not None:
-            self._rerank_config = dataclasses.replace(self._rerank_config, decoders=rerank_decoders)
         self._storage_options = dict(storage_options or {}) or None
         self._tokenizer_arg, self._tokenizer = tokenizer, None
         self._decode = decode
         self._encoder: EmbedStage | _PrebuiltEncoder | None = None
+        self._s3 = S3Config.from_storage_options(self._storage_options)
         self._reranker: Reranker | None = None
         self._query_decoders: dict[DecodeConfig, IsolatedDecoder] = {}
         self._tokens_table = None
@@ -258,6 +208,10 @@ class CatalogSearch:
             raise QueryError("rerank needs a model: pass model=ModelSpec(...) (CLI: --model)")
         hidden = mask = None
         if vector is None or rerank:
+            import torch
+
+            from models.internvideo2.tokenizer import tokenize
+
             model = self._get_encoder().model  # before the tokenizer: model errors first
             ids, mask = tokenize(self._get_tokenizer(), [query])
             with torch.inference_mode():
@@ -370,11 +324,11 @@ class CatalogSearch:
     def decode(self) -> DecodeConfig:
         """Decode settings for re-decoding catalog clips (resolved on first use)."""
         if self._decode is None:
-            s3 = s3_config(self._storage_options)
-            self._decode = decode_config_of_runs(self.db_uri, self.table_name, s3)
-            if self._decode is None:
+            settings = RunFiles(self.db_uri, self.table_name, self._s3).latest_decode_settings()
+            if settings is None:
                 logger.info("no pipeline run config for %s: default decode settings", self._shown)
-                self._decode = DecodeConfig(s3=s3)
+                settings = {"s3": self._s3}
+            self._decode = DecodeConfig(**settings)
         return self._decode
 
     @property
@@ -395,7 +349,7 @@ class CatalogSearch:
     def _open(self, name: str):
         try:
             return open_table(self.db_uri, name, self._storage_options, self._consistency)
-        except (FileNotFoundError, TableSchemaError) as exc:
+        except (DatabaseNotFound, StoreError, TableSchemaError) as exc:
             raise QueryError(str(exc)) from exc
 
     def _metadata_columns(self) -> list[str]:
@@ -409,16 +363,13 @@ class CatalogSearch:
         exclude: str | None = None,
         checked: bool = True,
     ) -> pa.Table:
-        if where is not None and (not isinstance(where, str) or not where.strip()):
-            raise QueryError(f"where must be a non-empty SQL string, got {where!r}")
+        check_where(where)
         vector = np.asarray(vector, np.float32).reshape(-1)
         if vector.shape != (schema.EMBED_DIM,) or not np.isfinite(vector).all():
             raise QueryError(f"the query vector must be {schema.EMBED_DIM} finite floats")
         sql = where
         if exclude is not None:
-            # Spelled out: LanceDB 0.40's `Expr.to_sql()` leaves a quote after a backslash
-            # unescaped, and its parser takes standard SQL strings ('' is a quote).
-            other = f"{schema.VIDEO_ID} != '{exclude.replace(chr(39), chr(39) * 2)}'"
+            other = f"{schema.VIDEO_ID} != {sql_string(exclude)}"  # pipeline.compat, entry 1
             sql = f"({where}) AND {other}" if where else other
         extra = (schema.MODEL, *CANDIDATE_COLUMNS)
         columns = list(dict.fromkeys([*RESULT_COLUMNS, *extra, *self._metadata_columns()]))
@@ -448,42 +399,53 @@ class CatalogSearch:
         names = [*RESULT_COLUMNS, SCORE, *self._metadata_columns()]
         if RERANK_SCORE in rows.column_names:
             names.append(RERANK_SCORE)
-        return rows.select([n for n in names if n in rows.column_names])
+        rows = rows.select([n for n in names if n in rows.column_names])
+        if schema.URI in rows.column_names and len(rows):
+            uris = [self.openable_uri(u) for u in rows[schema.URI].to_pylist()]
+            rows = rows.set_column(
+                rows.column_names.index(schema.URI), schema.URI, pa.array(uris, pa.string())
+            )
+        return rows
+
+    def openable_uri(self, uri: str) -> str:
+        """A table row's `uri` as one that opens as given: a path relative to the manifest
+        (the manifest's own spelling) joined to the directory the run resolved it against
+        (an absolute path or an `s3://` URI); other URIs unchanged."""
+        base = self.decode.base_dir
+        if not uri or not base or "://" in uri or os.path.isabs(uri):
+            return uri
+        return f"{base.rstrip('/')}/{uri}"
 
     def _get_encoder(self) -> EmbedStage | _PrebuiltEncoder:
         if self._encoder is not None:
             return self._encoder
         if self.model is None:
             raise QueryError("this query needs a model: pass model=ModelSpec(...) (CLI: --model)")
-        if isinstance(self.model, InternVideo2):
+        if not isinstance(self.model, ModelSpec):  # a model built by the caller
             self._encoder = _PrebuiltEncoder(self.model)
             return self._encoder
-        from .runner import signature_inputs  # deferred: it imports Ray
+        from .embed import EmbedConfig, EmbedStage  # torch: only when a model is needed
 
         config = EmbedConfig(
-            model=self.model, device=self.device, signature_extra=signature_inputs(self.decode)
+            model=self.model, device=self.device, signature_extra=self.decode.signature_inputs()
         )
         try:
             self._encoder = EmbedStage(config)
-        except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
+        except (OSError, RuntimeError, ValueError) as exc:  # CheckpointError is a ValueError
             raise QueryError(f"cannot load the model {self.model.model}: {exc}") from exc
         return self._encoder
 
     def _get_tokenizer(self):
         if self._tokenizer is None:
-            arg = self._tokenizer_arg
+            from models.internvideo2.tokenizer import TokenizerError
+
             try:
-                if arg is None:
-                    tiny = (
-                        self.model.model == TINY_RANDOM
-                        if isinstance(self.model, ModelSpec)
-                        else getattr(getattr(self.model, "config", None), "name", "") == TINY_RANDOM
-                    )
-                    self._tokenizer = tiny_tokenizer() if tiny else load_tokenizer(BERT_REPO)
-                elif isinstance(arg, str | os.PathLike):
-                    self._tokenizer = load_tokenizer(arg)
-                else:
-                    self._tokenizer = arg
+                name = (
+                    self.model.model
+                    if isinstance(self.model, ModelSpec)
+                    else getattr(self.model.config, "name", "")
+                )
+                self._tokenizer = tokenizer_for(name, self._tokenizer_arg)
             except TokenizerError as exc:
                 raise QueryError(str(exc)) from None
         return self._tokenizer
@@ -505,151 +467,3 @@ class CatalogSearch:
         if config not in self._query_decoders:
             self._query_decoders[config] = IsolatedDecoder(config)
         return self._query_decoders[config]
-
-
-# ---- CLI ------------------------------------------------------------------------------
-_MAX_CELL = 40
-
-
-def _cell(value: Any) -> Any:
-    """A JSON/CSV-safe value: NaN → None, lists stay lists, timestamps → ISO strings."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, list):
-        return [_cell(v) for v in value]
-    if value is not None and not isinstance(value, str | int | float | bool):
-        return str(value)
-    return value
-
-
-def format_results(rows: pa.Table, fmt: str = "table") -> str:
-    """Render results as an aligned text table (cells cut at 40 characters), JSON (a list
-    of row objects) or CSV (lists as JSON)."""
-    records = [{k: _cell(v) for k, v in r.items()} for r in rows.to_pylist()]
-    if fmt == "json":
-        return json.dumps(records, indent=2)
-    names = rows.column_names
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(names)
-        for r in records:
-            writer.writerow(
-                [
-                    "" if r[n] is None else json.dumps(r[n]) if isinstance(r[n], list) else r[n]
-                    for n in names
-                ]
-            )
-        return out.getvalue().rstrip("\n")
-    if fmt != "table":
-        raise ValueError(f"unknown format {fmt!r}")
-
-    def text(value: Any) -> str:
-        s = "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
-        s = " ".join(s.split())  # newlines and tabs would break the alignment
-        return s if len(s) <= _MAX_CELL else s[: _MAX_CELL - 1] + "…"
-
-    cells = [[text(r[n]) for n in names] for r in records]
-    widths = [max([len(n), *(len(c[i]) for c in cells)]) for i, n in enumerate(names)]
-    numeric = [pa.types.is_integer(t) or pa.types.is_floating(t) for t in rows.schema.types]
-
-    def line(values: list[str]) -> str:
-        return "  ".join(
-            v.rjust(w) if num else v.ljust(w)
-            for v, w, num in zip(values, widths, numeric, strict=True)
-        ).rstrip()
-
-    sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(list(names)), sep, *(line(c) for c in cells)])
-
-
-def _model_spec(args: argparse.Namespace, embedded: tuple[str, int] | None) -> ModelSpec | None:
-    """The CLI's model: `--model`/`--checkpoint`, else what the table was embedded with."""
-    identity, frames = embedded or ("", 4)
-    name = args.model or (INTERNVIDEO2_1B if args.checkpoint else None)
-    if name is None:
-        if not identity.startswith(TINY_RANDOM):
-            raise QueryError("this query needs the model: pass --checkpoint (internvideo2-1b)")
-        name = TINY_RANDOM
-    seed = re.search(r":seed(\d+):", identity)
-    return ModelSpec(
-        model=name,
-        checkpoint=args.checkpoint,
-        num_frames=frames,
-        s3_endpoint_url=args.s3_endpoint_url,
-        seed=int(seed.group(1)) if seed and name == TINY_RANDOM else 0,
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m pipeline.query",
-        description="Search a vidcat embeddings table by text, by catalog video or by video file.",
-    )
-    p.add_argument("mode", choices=("text", "similar", "video"))
-    p.add_argument("arg", help="query text, video_id, or video path/URI")
-    p.add_argument("--db", required=True, help="LanceDB directory or s3:// URI")
-    p.add_argument("--table", default="videos")
-    p.add_argument("--k", type=int, default=10, help="results to return")
-    p.add_argument("--where", default=None, help="SQL filter, e.g. \"category = 'sports'\"")
-    p.add_argument("--rerank", action="store_true", help="re-rank text results (match head)")
-    p.add_argument("--rerank-k", type=int, default=32, help="cosine candidates to re-rank")
-    p.add_argument("--rerank-tokens", choices=TOKEN_SOURCES, default="auto")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    p.add_argument(
-        "--model",
-        choices=(TINY_RANDOM, INTERNVIDEO2_1B),
-        default=None,
-        help="default: the table's own (tiny-random), or internvideo2-1b with --checkpoint",
-    )
-    p.add_argument("--checkpoint", default=None, help="1B weights: path, s3:// URI or hub id")
-    p.add_argument("--tokenizer", default=None, help="vocab.txt or its directory, or hub id")
-    p.add_argument(
-        "--s3-endpoint-url",
-        default=os.environ.get("AWS_ENDPOINT_URL"),
-        help="S3 endpoint (credentials always come from the AWS chain)",
-    )
-    p.add_argument("--s3-region", default=os.environ.get("AWS_REGION"))
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run one query and print the results on stdout; errors go to stderr with exit 2."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    s3 = S3Config(endpoint_url=args.s3_endpoint_url, region=args.s3_region)
-    options = s3.storage_options() or None
-    search = None
-    try:
-        probe = CatalogSearch(args.db, args.table, storage_options=options)
-        model = None
-        if args.mode != "similar":
-            model = _model_spec(args, probe.embedded_with())
-        search = CatalogSearch(
-            args.db,
-            args.table,
-            model=model,
-            tokenizer=args.tokenizer,
-            storage_options=options,
-            device=args.device,
-            rerank_tokens=args.rerank_tokens,
-        )
-        if args.mode == "text":
-            rows = search.text(args.arg, args.k, args.where, args.rerank, args.rerank_k)
-        elif args.mode == "similar":
-            rows = search.similar(args.arg, args.k, args.where)
-        else:
-            rows = search.video(args.arg, args.k, args.where)
-    except (QueryError, TokenizerError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if search is not None:
-            search.close()
-    print(format_results(rows, args.format))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -41,6 +41,9 @@ import pyarrow.parquet as pq
 import ray
 
 from . import schema
+from .build import MAX_BLOCKS, rows_per_block
+from .compat import dataset_from_refs
+from .manifest import fnv1a64
 from .uris import redact_uris
 
 if TYPE_CHECKING:
@@ -53,10 +56,6 @@ logger = logging.getLogger(__name__)
 BUCKET_ROWS = 250_000
 _READ_BATCH = 65_536
 _ROW = "__vidcat_manifest_row"
-#: Most blocks a plan puts in the object store: each costs the driver ~2 ms (`ray.put` and
-#: its metadata), so 1024 are ~2 s of planning, and 1024 decode tasks keep a few hundred
-#: decoders busy (4096 made a 10M-row plan 10 s slower).
-PLAN_MAX_BLOCKS = 1024
 _RETRYABLE = pa.array(sorted(s.value for s in schema.RETRYABLE))
 
 
@@ -83,6 +82,15 @@ class RefreshPlan:
     def to_prune(self) -> int:
         return sum(n for _, n in self.prune_refs)
 
+    def counts(self) -> dict[str, int]:
+        """The plan's counts, as the run report names them."""
+        return {
+            "new": self.new,
+            "changed": self.changed,
+            "retried": self.retried,
+            "skipped": self.skipped,
+        }
+
     def summary(self) -> str:
         return (
             f"{self.mode}: {self.new} new, {self.changed} changed, {self.retried} retried, "
@@ -94,6 +102,22 @@ class RefreshPlan:
         blocks = [(ref, meta) for ref, n, meta in self.embed_refs if n]
         return dataset_from_refs([ref for ref, _ in blocks], [meta for _, meta in blocks])
 
+    def add(self, found: Classification, manifest: pa.Table, block_rows: int) -> None:
+        """Count one bucket's classification; put its rows to embed (taken from `manifest`)
+        and its ids to prune in the object store, `block_rows` rows per block."""
+        self.new += found.new
+        self.changed += found.changed
+        self.retried += found.retried
+        self.skipped += found.skipped
+        self.known += found.known
+        self.versions_resolved += found.versions_resolved
+        if len(found.gone):
+            self.prune_refs.append((ray.put(found.gone), len(found.gone)))
+        rows = manifest.take(found.embed)
+        for start in range(0, len(rows), block_rows):
+            block = rows.slice(start, block_rows)
+            self.embed_refs.append((ray.put(block), len(block), block_metadata(block)))
+
     def apply_prune(self, sink: LanceSink) -> int:
         deleted = 0
         for ref, n in self.prune_refs:
@@ -102,75 +126,11 @@ class RefreshPlan:
         return deleted
 
 
-def rows_per_block(num_rows: int, batch: int, max_blocks: int) -> int:
-    """Rows per block of rows to decode: one decode batch, or the smallest whole multiple
-    of it that keeps `num_rows` within `max_blocks` blocks (one Ray Data task each)."""
-    return batch * max(1, math.ceil(num_rows / (batch * max_blocks)))
-
-
 def block_metadata(block: pa.Table) -> Any:
     """Ray Data's metadata of a block, computed here, where the block already is."""
     from ray.data.block import BlockMetadataWithSchema
 
     return BlockMetadataWithSchema.from_block(block)
-
-
-def dataset_from_refs(refs: list, metadata: list) -> ray.data.Dataset:
-    """A dataset of blocks already in the object store, with metadata known in the driver.
-
-    `ray.data.from_arrow_refs` runs one remote task per block just to read row counts and
-    the schema back, and on a quiet cluster the first such task starts a worker process
-    (~1.2 CPU s measured on the 2-core dev VM). This builds the same logical plan that
-    `ray.data.from_blocks` builds, from refs. It uses Ray Data internals pinned by
-    `ray>=2.60,<2.61`; if they move, the public call is the fallback.
-    """
-    try:
-        from ray.data._internal.logical.interfaces import LogicalPlan
-        from ray.data._internal.logical.operators import FromBlocks
-        from ray.data._internal.stats import DatasetStats
-        from ray.data.context import DataContext
-        from ray.data.dataset import MaterializedDataset
-    except ImportError:  # a Ray outside the pinned range
-        logger.warning("Ray Data internals moved: metadata of %d blocks read remotely", len(refs))
-        return ray.data.from_arrow_refs(refs)
-    context = DataContext.get_current().copy()
-    stats = DatasetStats(metadata={"FromBlocks": metadata}, parent=None)
-    return MaterializedDataset(LogicalPlan(FromBlocks(refs, metadata), context), context, stats)
-
-
-_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-_FNV_PRIME = np.uint64(0x100000001B3)
-
-
-def fnv1a64(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """64-bit FNV-1a of every string's UTF-8 bytes, vectorized over the Arrow buffers.
-
-    One numpy pass per byte position, over only the strings that long, so the work is the
-    column's byte count and no Python object is made per row (a per-row `hash()` held
-    ~280 MiB of allocator memory after 10M ids). Deterministic across processes and runs.
-    Nulls hash like the empty string.
-    """
-    if isinstance(ids, pa.ChunkedArray):
-        ids = ids.combine_chunks()
-    ids = ids.cast(pa.large_string())
-    n = len(ids)
-    if n == 0:
-        return np.zeros(0, np.uint64)
-    _, offsets_buf, data_buf = ids.buffers()
-    offsets = np.frombuffer(offsets_buf, np.int64, count=n + 1, offset=ids.offset * 8)
-    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-    starts, lengths = offsets[:-1], np.diff(offsets)
-    if ids.null_count:
-        lengths = np.where(ids.is_valid().to_numpy(zero_copy_only=False), lengths, 0)
-    h = np.full(n, _FNV_OFFSET, np.uint64)
-    live = np.flatnonzero(lengths)
-    i = 0
-    with np.errstate(over="ignore"):
-        while len(live):
-            h[live] = (h[live] ^ data[starts[live] + i].astype(np.uint64)) * _FNV_PRIME
-            i += 1
-            live = live[lengths[live] > i]
-    return h
 
 
 def hash_buckets(ids: pa.Array | pa.ChunkedArray, buckets: int) -> np.ndarray:
@@ -252,7 +212,7 @@ def plan_refresh(
     version_of=None,
     spill_dir: str | None = None,
     block_rows: int = 16,
-    max_blocks: int = PLAN_MAX_BLOCKS,
+    max_blocks: int = MAX_BLOCKS,
 ) -> RefreshPlan:
     """Diff the manifest against the sink's tables; see the module docstring for the rules.
 
@@ -276,6 +236,7 @@ def plan_refresh(
     error_rows = sink.errors_table.count_rows()
     buckets = max(1, -(-max(info.num_rows, clips_rows, error_rows) // BUCKET_ROWS))
     plan = RefreshPlan(mode=mode)
+    bucket_blocks = max(1, max_blocks // buckets)
     root = tempfile.mkdtemp(prefix="vidcat-plan-", dir=spill_dir)
     try:
         manifest = _Spill(root, "manifest", buckets)
@@ -298,10 +259,16 @@ def plan_refresh(
         errors.close()
         for b in range(buckets):
             m = manifest.read(b, info.schema)
-            s = state.read(b, _state_schema())
-            e = errors.read(b, _errors_state_schema())
-            blocks = (block_rows, max(1, max_blocks // buckets))
-            _plan_bucket(plan, m, s, e, signature, mode, prune, version_of, blocks)
+            found = classify(
+                m,
+                state.read(b, _state_schema()),
+                errors.read(b, _errors_state_schema()),
+                signature=signature,
+                mode=mode,
+                prune=prune,
+                version_of=version_of,
+            )
+            plan.add(found, m, rows_per_block(len(found.embed), block_rows, bucket_blocks))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     logger.info("refresh plan (%d buckets): %s", buckets, plan.summary())
@@ -362,41 +329,84 @@ def _same(a, b) -> pa.ChunkedArray:
     return pc.or_(pc.fill_null(pc.equal(a, b), False), both_null)
 
 
-def _plan_bucket(plan, m, s, e, signature, mode, prune, version_of, blocks) -> None:
-    """Classify one bucket's manifest rows; `blocks`: (rows per block at least, blocks this
-    bucket may make at most)."""
-    s = (
-        _collapse_state(s)
-        if len(s)
-        else pa.table(
-            {
-                schema.VIDEO_ID: pa.array([], pa.string()),
-                "t_version": pa.array([], pa.string()),
-                "t_signature": pa.array([], pa.string()),
-                "t_uri": pa.array([], pa.string()),
-            }
-        )
+@dataclass(frozen=True)
+class Classification:
+    """What one diff decided, per manifest row (see the module docstring for the rules).
+
+    Attributes:
+        new, changed, retried, skipped: counts of manifest rows.
+        embed: sorted positions of the manifest rows to embed.
+        gone: ids in the table or the errors table that the manifest lacks (when pruning).
+        known: distinct ids in the table and the errors table (when pruning).
+        versions_resolved: missing manifest versions looked up through `version_of`.
+    """
+
+    new: int
+    changed: int
+    retried: int
+    skipped: int
+    embed: np.ndarray
+    gone: pa.Array
+    known: int = 0
+    versions_resolved: int = 0
+
+
+def _empty_state() -> pa.Table:
+    return pa.table(
+        {name: pa.array([], pa.string()) for name in (schema.VIDEO_ID, *_STATE_COLUMNS)}
     )
-    e = e.rename_columns([c if c == schema.VIDEO_ID else "e_" + c for c in e.column_names])
+
+
+_STATE_COLUMNS = ("t_version", "t_signature", "t_uri")
+
+
+def classify(
+    manifest: pa.Table,
+    state: pa.Table,
+    errors: pa.Table,
+    *,
+    signature: str,
+    mode: Literal["incremental", "full"],
+    prune: bool = False,
+    version_of=None,
+) -> Classification:
+    """Diff manifest rows against what the tables hold for the same ids; no side effects
+    beyond `version_of`.
+
+    Args:
+        manifest: manifest rows (`video_id`, `uri`, optional `version`, `start_s`, `end_s`;
+            other columns are ignored).
+        state: the embeddings table's rows of these ids (`video_id`, `content_version`,
+            `signature`, `uri`), one per clip.
+        errors: the errors table's rows (`video_id`, `status`, `content_version`,
+            `signature`, `uri`).
+        signature: this run's model signature.
+        mode: `incremental` (skip unchanged) or `full` (embed everything).
+        prune: also list the ids of `state` and `errors` that `manifest` lacks.
+        version_of: `f(uris) -> versions` for known videos whose row has no version.
+    """
+    s = _collapse_state(state) if len(state) else _empty_state()
+    e = errors.rename_columns(
+        [c if c == schema.VIDEO_ID else "e_" + c for c in errors.column_names]
+    )
+    gone, known = pa.array([], pa.string()), 0
     if prune:
-        known = pc.unique(
+        ids = pc.unique(
             pa.concat_arrays(
                 [s[schema.VIDEO_ID].combine_chunks(), e[schema.VIDEO_ID].combine_chunks()]
             )
         )
-        gone = known.filter(
-            pc.invert(pc.is_in(known, value_set=m[schema.VIDEO_ID].combine_chunks()))
-        )
-        plan.known += len(known)
-        if len(gone):
-            plan.prune_refs.append((ray.put(gone), len(gone)))
-    if not len(m):
-        return
+        present = manifest[schema.VIDEO_ID].combine_chunks()
+        gone, known = ids.filter(pc.invert(pc.is_in(ids, value_set=present))), len(ids)
+    if not len(manifest):
+        return Classification(0, 0, 0, 0, np.zeros(0, np.int64), gone, known)
     # Only the keys go through the joins (Arrow cannot join list/struct/map columns, and
-    # metadata names must not meet the state's); rows to embed are taken from `m` by number.
+    # metadata names must not meet the state's); rows are referred to by position.
     wanted = (schema.VIDEO_ID, schema.URI, schema.VERSION, schema.START_S, schema.END_S)
-    keys = [c for c in wanted if c in m.column_names]
-    numbered = m.select(keys).append_column(_ROW, pa.array(np.arange(len(m), dtype=np.int64)))
+    keys = [c for c in wanted if c in manifest.column_names]
+    numbered = manifest.select(keys).append_column(
+        _ROW, pa.array(np.arange(len(manifest), dtype=np.int64))
+    )
     j = numbered.join(s, schema.VIDEO_ID, join_type="left outer").join(
         e, schema.VIDEO_ID, join_type="left outer"
     )
@@ -404,48 +414,45 @@ def _plan_bucket(plan, m, s, e, signature, mode, prune, version_of, blocks) -> N
     in_table = pc.is_valid(j["t_uri"])
     in_errors = pc.is_valid(j["e_" + schema.STATUS])
     new = pc.invert(pc.or_(in_table, in_errors))
+    resolved = 0
     if mode == "full":
         embed, retried = pa.array(np.ones(n, bool)), pa.array(np.zeros(n, bool))
     else:
         have = j[schema.VERSION] if schema.VERSION in j.column_names else pa.nulls(n, pa.string())
         # An empty version is no version: decode records the ETag / size+mtime instead.
         have = pc.if_else(pc.equal(have, ""), pa.scalar(None, pa.string()), have)
-        version = _with_range(j, _resolve_versions(plan, j, have, pc.invert(new), version_of))
+        version, resolved = _resolve_versions(j, have, pc.invert(new), version_of)
+        version = _with_range(j, version)
         uri = redact_uris(j[schema.URI])
-        unchanged_t = pc.and_(
-            pc.and_(
-                pc.fill_null(pc.equal(j["t_signature"], signature), False),
-                _same(version, j["t_version"]),
-            ),
-            _same(uri, j["t_uri"]),
-        )
-        unchanged_e = pc.and_(
-            pc.and_(
-                pc.fill_null(pc.equal(j["e_" + schema.SIGNATURE], signature), False),
-                _same(version, j["e_" + schema.CONTENT_VERSION]),
-            ),
-            _same(uri, j["e_" + schema.URI]),
-        )
+
+        def unchanged(prefix: str, version_column: str) -> pa.ChunkedArray:
+            same_signature = pc.fill_null(pc.equal(j[prefix + schema.SIGNATURE], signature), False)
+            same_version = _same(version, j[version_column])
+            return pc.and_(pc.and_(same_signature, same_version), _same(uri, j[prefix + "uri"]))
+
         retried = pc.and_(
             in_errors, pc.fill_null(pc.is_in(j["e_" + schema.STATUS], value_set=_RETRYABLE), False)
         )
         # An error row is the latest word on a video (it may sit beside older clips).
         skip = pc.if_else(
-            in_errors, pc.and_(pc.invert(retried), unchanged_e), pc.and_(in_table, unchanged_t)
+            in_errors,
+            pc.and_(pc.invert(retried), unchanged("e_", "e_" + schema.CONTENT_VERSION)),
+            pc.and_(in_table, unchanged("t_", "t_version")),
         )
         embed = pc.invert(skip)
     n_embed = pc.sum(embed).as_py() or 0
     n_new = pc.sum(pc.and_(embed, new)).as_py() or 0
     n_retried = pc.sum(pc.and_(embed, retried)).as_py() or 0
-    plan.new += n_new
-    plan.retried += n_retried
-    plan.changed += n_embed - n_new - n_retried
-    plan.skipped += n - n_embed
-    rows = m.take(np.sort(j[_ROW].filter(embed).to_numpy()))
-    block_rows = rows_per_block(len(rows), *blocks)
-    for start in range(0, len(rows), block_rows):
-        block = rows.slice(start, block_rows)
-        plan.embed_refs.append((ray.put(block), len(block), block_metadata(block)))
+    return Classification(
+        new=n_new,
+        changed=n_embed - n_new - n_retried,
+        retried=n_retried,
+        skipped=n - n_embed,
+        embed=np.sort(j[_ROW].filter(embed).to_numpy()),
+        gone=gone,
+        known=known,
+        versions_resolved=resolved,
+    )
 
 
 def _with_range(j: pa.Table, version: pa.Array) -> pa.Array:
@@ -473,18 +480,18 @@ def _bound(value: float | None) -> float | None:
     return None if value is None or math.isnan(value) else value
 
 
-def _resolve_versions(plan, j, version, known, version_of):
-    """Fill missing manifest versions of already-known videos via `version_of` (stat only)."""
+def _resolve_versions(j, version, known, version_of) -> tuple[pa.Array, int]:
+    """Fill missing manifest versions of already-known videos via `version_of` (stat only);
+    returns the versions and how many were looked up."""
     need = pc.and_(known, pc.is_null(version))
     idx = np.flatnonzero(pc.fill_null(need, False).to_numpy(zero_copy_only=False))
     if not len(idx) or version_of is None:
-        return version
+        return version, 0
     found = version_of(j[schema.URI].take(pa.array(idx)).to_pylist())
-    plan.versions_resolved += len(idx)
     values = version.to_pylist()
     for i, v in zip(idx, found, strict=True):
         values[i] = v
-    return pa.array(values, pa.string())
+    return pa.array(values, pa.string()), len(idx)
 
 
 def stat_versions(resolve_one, uris: list[str], threads: int = 32) -> list[str | None]:

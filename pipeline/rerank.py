@@ -20,24 +20,27 @@ ones, with a null `rerank_score` and a warning: results are never dropped silent
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow as pa
-import torch
 from lancedb.expr import col
-
-from models.internvideo2 import InternVideo2
 
 from . import schema
 from .decode import DecodeConfig, DecoderPool, IsolatedDecoder
 from .schema import Status
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: a plain search never needs it
+    import torch
+
+    from models.internvideo2 import InternVideo2
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ CANDIDATE_COLUMNS = (
 )
 
 #: uint8 frames `[N, T, H, W, 3]` → (embeddings `[N, 512]`, vision tokens `[N, 1 + M, C]`).
-EmbedFrames = Callable[[np.ndarray], tuple[np.ndarray, torch.Tensor]]
+EmbedFrames = Callable[[np.ndarray], tuple[np.ndarray, "torch.Tensor"]]
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ class RerankConfig:
 
 def decode_tokens(raw: bytes, shape: Sequence[int]) -> torch.Tensor:
     """Raw bf16 bytes of the side table → bfloat16 tensor `shape` (`[1 + N, C]`)."""
+    import torch
+
     flat = np.frombuffer(raw, dtype=np.int16)
     if flat.size != int(np.prod(shape)):
         raise ValueError(f"{len(raw)} bytes do not hold bf16 {tuple(shape)}")
@@ -140,6 +145,8 @@ def match_scores(
     Returns:
         float32 `[len(tokens)]` match logits.
     """
+    import torch
+
     out = np.empty(len(tokens), np.float32)
     with torch.inference_mode():
         for lo in range(0, len(tokens), clips_per_call):
@@ -228,9 +235,8 @@ class Reranker:
         Returns:
             The top k rows with `rerank_score`, best first.
         """
-        source = source or self.config.tokens
-        if source not in TOKEN_SOURCES:
-            raise ValueError(f"token source must be one of {TOKEN_SOURCES}, got {source!r}")
+        # RerankConfig is the one place that validates a token source.
+        source = (dataclasses.replace(self.config, tokens=source) if source else self.config).tokens
         start = time.perf_counter()
         tokens: dict[str, torch.Tensor] = {}
         if source in ("auto", "stored") and tokens_table is not None and len(candidates):

@@ -20,22 +20,17 @@ import pyarrow.compute as pc
 
 from . import schema
 from .build import ResourceConfig, build_dataset
-from .decode import DecodeConfig, S3Config, content_version_of
+from .decode import DecodeConfig, content_version_of
 from .embed import EmbedConfig, signature
 from .lifecycle import MaintenanceConfig, maintain
 from .manifest import ManifestError, ManifestInfo, default_allowed_root, validate_manifest
 from .refresh import RefreshPlan, plan_refresh, stat_versions
+from .runs import Counts, RunFiles, RunReport
 from .sink import LanceSink, SinkConfig
-from .storage import write_json
-from .uris import redact_uri, redact_values
+from .storage import S3Config
+from .uris import redact_uri
 
 logger = logging.getLogger(__name__)
-
-#: Exit codes of the job (part of the documented contract).
-EXIT_OK = 0
-EXIT_FAILED = 1  # unexpected error (crash, cluster unavailable)
-EXIT_INVALID_INPUT = 2  # invalid manifest, arguments or table schema: nothing was embedded
-EXIT_TOO_MANY_ERRORS = 3  # finished, but the failure rate exceeded --max-error-rate
 
 
 @dataclass(frozen=True)
@@ -72,16 +67,6 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
-
-
-def signature_inputs(decode: DecodeConfig) -> tuple[tuple[str, str], ...]:
-    """Decode settings that change an embedding: frame count, frame size, clip windows."""
-    return (
-        ("num_frames", str(decode.num_frames)),
-        ("size", str(decode.size)),
-        ("clip_seconds", repr(decode.clip_seconds)),
-        ("clip_overlap_s", repr(decode.clip_overlap_s)),
-    )
 
 
 @dataclass
@@ -191,7 +176,7 @@ def _version_resolver(decode: DecodeConfig):
 
     def one(uri: str) -> str | None:
         if uri.startswith("s3://") and not fs:
-            fs.append(decode.s3.filesystem())
+            fs.append(decode.s3.s3fs())
         return content_version_of(uri, decode, fs[0] if fs else None)
 
     return lambda uris: stat_versions(one, uris)
@@ -214,12 +199,56 @@ def _check_prune(plan: RefreshPlan, cfg: RunConfig) -> None:
         )
 
 
-def run(cfg: RunConfig) -> dict[str, Any]:
+def _resolved(cfg: RunConfig, info: ManifestInfo) -> RunConfig:
+    """`cfg` with what the manifest decides: allowed roots (default: the manifest's own
+    directory), the base directory of relative URIs, the S3 endpoint, signature inputs."""
+    roots = cfg.allowed_roots
+    if roots is None:
+        root = default_allowed_root(cfg.manifest)
+        roots = (root,) if root else ()
+    decode = dataclasses.replace(
+        cfg.decode, allowed_roots=tuple(roots), base_dir=info.base_dir, s3=cfg.s3
+    )
+    embed = dataclasses.replace(cfg.embed, signature_extra=decode.signature_inputs())
+    return dataclasses.replace(cfg, allowed_roots=tuple(roots), decode=decode, embed=embed)
+
+
+def _stream(plan: RefreshPlan, sink: LanceSink, cfg: RunConfig, identity: str) -> _Progress:
+    """Run the Ray graph over the plan's rows and hand every whole video to the sink."""
+    progress = _Progress(total=plan.to_embed, every=cfg.progress_seconds)
+    if plan.to_embed:
+        ds = build_dataset(
+            plan.dataset(), cfg.decode, cfg.embed, cfg.resources, model_identity=identity
+        )
+        regroup = _Reassembler()
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            ready = regroup.push(batch)
+            if ready is not None:
+                progress.update(ready, sink.write(ready))
+        rest = regroup.leftovers()
+        if rest is not None:
+            progress.update(rest, sink.write(rest))
+    sink.flush()
+    return progress
+
+
+def _maintain(cfg: RunConfig, storage_options: dict[str, str] | None) -> dict[str, Any] | None:
+    """Post-run upkeep; a failure is reported (the data is committed), not raised."""
+    if cfg.maintenance is None:
+        return None
+    try:
+        return maintain(cfg.db, cfg.table, storage_options=storage_options, config=cfg.maintenance)
+    except Exception as exc:
+        logger.exception("post-run maintenance failed")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def run(cfg: RunConfig) -> RunReport:
     """Execute one run and return its report (also written beside the table).
 
     A failed post-run maintenance is not raised: the data is committed, so the report
-    records the error and sets `exit_code` to `EXIT_FAILED`; more failed videos than
-    `max_error_rate` set it to `EXIT_TOO_MANY_ERRORS`.
+    records the error and its `exit_code` is `EXIT_FAILED`; more failed videos than
+    `max_error_rate` make it `EXIT_TOO_MANY_ERRORS`.
 
     Raises:
         ManifestError: the manifest is missing, unreadable or invalid; raised by
@@ -240,149 +269,75 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     started_at = datetime.now(UTC)
     run_id = started_at.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     t0 = time.perf_counter()
-    info: ManifestInfo = validate_manifest(
+    info = validate_manifest(
         cfg.manifest,
         endpoint_url=cfg.s3.endpoint_url,
         region=cfg.s3.region,
         anon=cfg.s3.anon,
         metadata_columns=cfg.metadata_columns,
     )
-    roots = cfg.allowed_roots
-    if roots is None:
-        root = default_allowed_root(cfg.manifest)
-        roots = (root,) if root else ()
-    decode = dataclasses.replace(
-        cfg.decode, allowed_roots=tuple(roots), base_dir=info.base_dir, s3=cfg.s3
-    )
+    cfg = _resolved(cfg, info)
     identity = cfg.embed.model.identity()
-    embed = dataclasses.replace(cfg.embed, signature_extra=signature_inputs(decode))
-    sig = signature(identity, embed.signature_extra)
-    logger.info(
-        "run %s: %d videos in %s, model %s, signature %s",
-        run_id,
-        info.num_rows,
-        info.uri,
-        identity,
-        sig,
-    )
-
+    sig = signature(identity, cfg.embed.signature_extra)
+    logger.info("run %s: %d videos in %s, model %s, signature %s",
+                run_id, info.num_rows, info.uri, identity, sig)  # fmt: skip
     sink_cfg = SinkConfig(
         db_uri=cfg.db,
         table=cfg.table,
         chunk_rows=cfg.chunk_rows,
-        storage_options=cfg.s3.storage_options() or None,
+        storage_options=cfg.s3.storage_options(),
         metadata_fields=info.metadata_fields,
         store_vision_tokens=cfg.embed.store_vision_tokens,
     )
     with LanceSink(sink_cfg) as sink:
-        plan: RefreshPlan = plan_refresh(
+        plan = plan_refresh(
             info,
             sink,
             signature=sig,
             mode=cfg.mode,
             prune=cfg.prune,
-            version_of=_version_resolver(decode),
+            version_of=_version_resolver(cfg.decode),
             block_rows=cfg.resources.decode_batch_videos,
         )
         logger.info("plan: %s", plan.summary())
         _check_prune(plan, cfg)
-        progress = _Progress(total=plan.to_embed, every=cfg.progress_seconds)
-        if plan.to_embed:
-            ds = build_dataset(
-                plan.dataset(), decode, embed, cfg.resources, model_identity=identity
-            )
-            regroup = _Reassembler()
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                ready = regroup.push(batch)
-                if ready is not None:
-                    progress.update(ready, sink.write(ready))
-            rest = regroup.leftovers()
-            if rest is not None:
-                progress.update(rest, sink.write(rest))
-        sink.flush()
+        progress = _stream(plan, sink, cfg, identity)
         deleted = plan.apply_prune(sink)
-        sink_stats = sink.stats.as_dict()
         table_version = sink.table_version()
-    maintenance: dict[str, Any] | None = None
-    if cfg.maintenance is not None:
-        try:
-            maintenance = maintain(
-                cfg.db, cfg.table, storage_options=sink_cfg.storage_options, config=cfg.maintenance
-            )
-            table_version = maintenance["versions"][cfg.table]
-        except Exception as exc:  # the data is committed; the run still reports the failure
-            logger.exception("post-run maintenance failed")
-            maintenance = {"error": f"{type(exc).__name__}: {exc}"}
-    wall = time.perf_counter() - t0
-    failed = {st: len(ids) for st, ids in sorted(progress.failed.items())}
-    processed = progress.videos
-    error_rate = progress.failed_videos / processed if processed else 0.0
-    report = {
-        "run_id": run_id,
-        "schema_version": schema.SCHEMA_VERSION,
-        "mode": cfg.mode,
-        "started_at": started_at.isoformat(),
-        "finished_at": datetime.now(UTC).isoformat(),
-        "manifest": {"uri": info.uri, "files": len(info.paths), "videos": info.num_rows},
-        "table": cfg.table,
-        "model": identity,
-        "signature": sig,
-        "counts": {
-            "videos_in_manifest": info.num_rows,
-            "new": plan.new,
-            "changed": plan.changed,
-            "retried": plan.retried,
-            "skipped": plan.skipped,
-            "deleted": deleted,
-            "videos_processed": processed,
-            "videos_embedded": processed - progress.failed_videos,
-            "clips_embedded": progress.clips,
-            "failed": progress.failed_videos,
-            "failed_by_status": failed,
-        },
-        "error_rate": error_rate,
-        "seconds": {
-            "wall": wall,
+    maintenance = _maintain(cfg, sink_cfg.storage_options)
+    if maintenance and "versions" in maintenance:
+        table_version = maintenance["versions"][cfg.table]
+    counts = Counts(
+        videos_in_manifest=info.num_rows,
+        **plan.counts(),
+        deleted=deleted,
+        videos_processed=progress.videos,
+        clips_embedded=progress.clips,
+        failed_by_status={st: len(ids) for st, ids in sorted(progress.failed.items())},
+        failed=progress.failed_videos,
+    )
+    report = RunReport(
+        run_id=run_id,
+        mode=cfg.mode,
+        started_at=started_at,
+        finished_at=datetime.now(UTC),
+        manifest={"uri": info.uri, "files": len(info.paths), "videos": info.num_rows},
+        table=cfg.table,
+        model=identity,
+        signature=sig,
+        counts=counts,
+        seconds={
+            "wall": time.perf_counter() - t0,
             "decode": progress.decode_s,
             "embed": progress.embed_s,
-            "commit": sink_stats["commit_seconds"],
+            "commit": sink.stats.commit_seconds,
         },
-        "throughput": {
-            "videos_per_s": processed / wall if wall else 0.0,
-            "clips_per_s": progress.clips / wall if wall else 0.0,
-        },
-        "sink": sink_stats,
-        "table_version": table_version,
-        "maintenance": maintenance,
-        "tag": (maintenance or {}).get("tag"),
-    }
-    if maintenance and "error" in maintenance:
-        report["exit_code"] = EXIT_FAILED
-    elif error_rate > cfg.max_error_rate:
-        report["exit_code"] = EXIT_TOO_MANY_ERRORS
-    else:
-        report["exit_code"] = EXIT_OK
-    base = f"{cfg.db.rstrip('/')}/_vidcat/{cfg.table}/runs/{run_id}"
-    # The resolved config (roots, base dir, signature inputs): what the query module reads
-    # to re-decode clips exactly as this run did.
-    resolved = dataclasses.replace(cfg, allowed_roots=tuple(roots), decode=decode, embed=embed)
-    # Redacted like the log: a credential in a URI never lands in the run files.
-    write_json(f"{base}.config.json", redact_values(resolved.to_dict()), cfg.s3)
-    write_json(f"{base}.report.json", redact_values(report), cfg.s3)
-    report["report_uri"] = f"{base}.report.json"
+        sink=sink.stats.as_dict(),
+        table_version=table_version,
+        maintenance=maintenance,
+        max_error_rate=cfg.max_error_rate,
+    )
+    # The resolved config (roots, base dir, signature inputs): what queries read to
+    # re-decode clips exactly as this run did.
+    RunFiles(cfg.db, cfg.table, cfg.s3).write(report, cfg.to_dict())
     return report
-
-
-def summarize(report: dict[str, Any]) -> str:
-    """A few human lines for the end of a job's log."""
-    c = report["counts"]
-    lines = [
-        f"run {report['run_id']} ({report['mode']}): {c['videos_processed']} videos processed, "
-        f"{c['clips_embedded']} clips embedded, {c['failed']} failed, {c['skipped']} skipped, "
-        f"{c['deleted']} deleted in {report['seconds']['wall']:.1f}s "
-        f"({report['throughput']['videos_per_s']:.1f} videos/s)",
-    ]
-    if c["failed_by_status"]:
-        lines.append("failures: " + ", ".join(f"{k}={v}" for k, v in c["failed_by_status"].items()))
-    lines.append(f"report: {report.get('report_uri', '-')}")
-    return "\n".join(lines)

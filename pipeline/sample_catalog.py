@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import schema
-from pipeline.decode import S3Config
+from pipeline.storage import S3Config
 
 COLORS = {
     "red": (220, 40, 40),
@@ -211,7 +211,7 @@ def make_sample_catalog(
         pq.write_table(table, os.path.join(root, MANIFEST_NAME))
         if not on_s3:
             return os.path.join(root, MANIFEST_NAME)
-        fs = (s3 or S3Config()).filesystem()
+        fs = (s3 or S3Config()).s3fs()
         bucket_prefix = out[len("s3://") :].rstrip("/")
         for name in [*names, MANIFEST_NAME]:
             fs.put_file(os.path.join(root, name), f"{bucket_prefix}/{name}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 
+import numpy as np
 import pyarrow as pa
 
 #: Width of the shared video/text embedding space (InternVideo2 stage-2 projections).
@@ -49,8 +50,9 @@ FAILED_AT = "failed_at"
 VISION_TOKENS = "vision_tokens"
 VISION_TOKENS_SHAPE = "vision_tokens_shape"
 
-#: In-flight column carrying decoded frames between the decode and embed stages
-#: (uint8 `[T, 224, 224, 3]` per clip); never written to a table.
+#: In-flight column carrying decoded frames between the decode and embed stages, an Arrow
+#: fixed-shape tensor of uint8 `[T, size, size, 3]` per clip (:func:`frames_array`); never
+#: written to a table.
 FRAMES = "frames"
 #: In-flight column: rows (clips, or 1 for a failure) the row's video produced in total, so
 #: the driver can regroup a video whose clips were split across embed batches.
@@ -58,6 +60,10 @@ NUM_CLIPS = "num_clips"
 #: In-flight timing columns summed into the run report.
 DECODE_SECONDS = "decode_seconds"
 EMBED_SECONDS = "embed_seconds"
+
+
+#: Identifying columns of every search result row (before `score` and metadata).
+RESULT_COLUMNS = (CLIP_ID, VIDEO_ID, CLIP_INDEX, CLIP_START_S, CLIP_END_S, URI)
 
 
 class Status(enum.StrEnum):
@@ -175,3 +181,39 @@ def errors_table_name(table: str) -> str:
 
 def vision_tokens_table_name(table: str) -> str:
     return f"{table}_vision_tokens"
+
+
+# ---- Arrow helpers for the in-flight columns -------------------------------------------
+
+
+def fixed_size_list(values: np.ndarray, mask: np.ndarray | None = None) -> pa.FixedSizeListArray:
+    """`[N, D]` numbers as an Arrow `fixed_size_list<D>` column (no copy when contiguous),
+    null where `mask` `[N]` is True."""
+    values = np.ascontiguousarray(values)
+    if values.ndim != 2:
+        raise ValueError(f"expected a [N, D] array, got shape {values.shape}")
+    nulls = None if mask is None else pa.array(mask, pa.bool_())
+    return pa.FixedSizeListArray.from_arrays(
+        pa.array(values.reshape(-1)), values.shape[1], mask=nulls
+    )
+
+
+def frames_array(frames: np.ndarray) -> pa.ExtensionArray:
+    """uint8 frames `[N, T, H, W, 3]` as an Arrow fixed-shape tensor column (no copy)."""
+    frames = np.ascontiguousarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 5:
+        raise ValueError(
+            f"expected uint8 [N, T, H, W, 3] frames, got {frames.dtype} {frames.shape}"
+        )
+    tensor = pa.fixed_shape_tensor(pa.uint8(), list(frames.shape[1:]))
+    storage = fixed_size_list(frames.reshape(len(frames), int(np.prod(frames.shape[1:]))))
+    return pa.ExtensionArray.from_storage(tensor, storage)
+
+
+def frames_ndarray(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A :func:`frames_array` column back as uint8 `[N, T, H, W, 3]` (no copy for one chunk)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if not isinstance(column.type, pa.FixedShapeTensorType):
+        raise TypeError(f"{FRAMES} must be an Arrow fixed-shape tensor column, got {column.type}")
+    return column.to_numpy_ndarray()

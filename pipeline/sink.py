@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import lancedb
 import numpy as np
@@ -27,24 +26,20 @@ import pyarrow.compute as pc
 from lancedb.expr import col
 
 from pipeline import schema
+from pipeline.compat import delete_matching, select_rows
+from pipeline.db import (
+    check_schema,
+    check_table_name,
+    connect,
+    table_names,
+)
 from pipeline.manifest import RESERVED
 from pipeline.schema import Status
 from pipeline.uris import redact_text, redact_uri, redact_uris
 
 logger = logging.getLogger(__name__)
 
-#: Letters, digits, `_`, `-` and `.`, not first: `..` or `.hidden` would name a directory
-#: outside the database or a hidden one (reports go to `<db>/_vidcat/<table>/`).
-_TABLE_NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")
 _STATUSES = pa.array([s.value for s in Status])
-
-
-class TableSchemaError(RuntimeError):
-    """An existing table does not have the columns this run writes."""
-
-
-class SchemaVersionError(TableSchemaError):
-    """An existing table was written under another `schema.SCHEMA_VERSION`."""
 
 
 @dataclass(frozen=True)
@@ -57,9 +52,8 @@ class SinkConfig:
         chunk_rows: commit once this many rows are buffered...
         chunk_seconds: ...or once this long has passed since the last commit.
         storage_options: object-store options for remote databases (never logged).
-        metadata_fields: manifest columns carried into the embeddings table. Nulls stay
-            null; a NaN in a float column is stored as null too, since a numpy batch carries
-            every numeric null as NaN (the pipeline's own batches are Arrow).
+        metadata_fields: manifest columns carried into the embeddings table, with their
+            Arrow types and nulls as they come.
         store_vision_tokens: also write `<table>_vision_tokens`. Tokens take megabytes
             per clip and stay buffered until their chunk commits: lower `chunk_rows`.
     """
@@ -75,8 +69,7 @@ class SinkConfig:
     def __post_init__(self) -> None:
         if self.chunk_rows < 1 or not self.chunk_seconds > 0:
             raise ValueError("chunk_rows and chunk_seconds must be positive")
-        if not _TABLE_NAME.match(self.table):
-            raise ValueError(f"invalid table name {self.table!r}")
+        check_table_name(self.table)
         names = [f.name for f in self.metadata_fields]
         clash = set(names) & RESERVED
         if clash or len(set(names)) != len(names):
@@ -99,72 +92,6 @@ class SinkStats:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _connect(
-    db_uri: str,
-    storage_options: Mapping[str, str] | None,
-    read_consistency_interval: timedelta | None = None,
-) -> lancedb.DBConnection:
-    return lancedb.connect(
-        db_uri,
-        storage_options=dict(storage_options or {}) or None,
-        read_consistency_interval=read_consistency_interval,
-    )
-
-
-def _table_names(db: lancedb.DBConnection) -> set[str]:
-    names, token = set(), None
-    while True:
-        page = db.list_tables(page_token=token)
-        names.update(page.tables)
-        if not (token := page.page_token):
-            return names
-
-
-def _check_schema(table, expected: pa.Schema | None, shown: str) -> None:
-    found = (table.schema.metadata or {}).get(schema.SCHEMA_VERSION_KEY)
-    if found != schema.SCHEMA_VERSION.encode():
-        raise SchemaVersionError(
-            f"table {shown} has vidcat schema version {found and found.decode()!r}, this code "
-            f"writes version {schema.SCHEMA_VERSION!r}; migrate it or write to a new table"
-        )
-    if expected is None:
-        return
-    have = {f.name: f.type for f in table.schema}
-    want = {f.name: f.type for f in expected}
-    missing, extra = sorted(want.keys() - have), sorted(have.keys() - want)
-    changed = sorted(n for n in want.keys() & have if want[n] != have[n])
-    if missing or extra or changed:
-        raise TableSchemaError(
-            f"table {shown} does not match this run (metadata columns differ?): "
-            f"missing {missing}, unexpected {extra}, different types {changed}"
-        )
-
-
-def open_table(
-    db_uri: str,
-    table: str,
-    storage_options: Mapping[str, str] | None = None,
-    read_consistency_interval: timedelta | None = None,
-) -> lancedb.table.Table:
-    """Open an existing vidcat table after checking its schema version.
-
-    Args:
-        read_consistency_interval: how stale reads may be; `timedelta(0)` makes every read
-            see the latest committed version (a long-lived searcher sees nightly refreshes).
-
-    Raises:
-        FileNotFoundError: no such table.
-        SchemaVersionError: the table was written by another schema version.
-    """
-    db = _connect(db_uri, storage_options, read_consistency_interval)
-    shown = f"{table!r} in {redact_uri(db_uri)}"
-    if table not in _table_names(db):
-        raise FileNotFoundError(f"no table {shown}")
-    handle = db.open_table(table)
-    _check_schema(handle, None, shown)
-    return handle
 
 
 def _embeddings(column: pa.ChunkedArray, ok: np.ndarray) -> tuple[pa.Array, np.ndarray]:
@@ -191,25 +118,15 @@ def _embeddings(column: pa.ChunkedArray, ok: np.ndarray) -> tuple[pa.Array, np.n
             raise ValueError(f"ok rows need {dim}-value embeddings; got lengths {wrong} or null")
         values[rows] = taken.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
     bad = ok & ~np.isfinite(values).all(axis=1)
-    flat = pa.array(values.reshape(-1))
-    array = pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(~ok | bad))
-    return array, bad
+    return schema.fixed_size_list(values, mask=~ok | bad), bad
 
 
-def _as_table(batch) -> pa.Table:
+def _as_table(batch: pa.Table | pa.RecordBatch) -> pa.Table:
     if isinstance(batch, pa.Table):
         return batch
     if isinstance(batch, pa.RecordBatch):
         return pa.Table.from_batches([batch])
-    columns = {}
-    for name, value in batch.items():  # dict of numpy arrays (Ray's "numpy" batch format)
-        value = np.asarray(value) if not isinstance(value, np.ndarray) else value
-        if value.ndim > 1:
-            width = int(np.prod(value.shape[1:]))
-            columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(value.reshape(-1)), width)
-        else:
-            columns[name] = pa.array(value.tolist() if value.dtype == object else value)
-    return pa.table(columns)
+    raise TypeError(f"LanceSink takes Arrow tables, got {type(batch).__name__}")
 
 
 def _last_per_key(table: pa.Table, key: str) -> pa.Table:
@@ -236,9 +153,9 @@ def _project(rows: pa.Table, target: pa.Schema, extra: Mapping[str, pa.Array]) -
 class LanceSink:
     """Buffers pipeline output and commits it to LanceDB in chunks (a context manager).
 
-    Input batches (`pa.Table`, `pa.RecordBatch` or a dict of numpy arrays) hold one row per
-    clip with `status == "ok"` and one row per failed video otherwise, in the columns named
-    in :mod:`pipeline.schema`; unknown columns (e.g. `frames`) are dropped.
+    Input batches (`pa.Table` or `pa.RecordBatch`) hold one row per clip with
+    `status == "ok"` and one row per failed video otherwise, in the columns named in
+    :mod:`pipeline.schema`; unknown columns (e.g. `frames`) are dropped.
 
     Within a chunk a video that has any failure row counts as failed, and its ok clips
     are dropped (`stats.clips_dropped`): a partial video would delete good clips as stale.
@@ -248,8 +165,8 @@ class LanceSink:
     def __init__(self, config: SinkConfig) -> None:
         self.config = config
         self.stats = SinkStats()
-        self._db = _connect(config.db_uri, config.storage_options)
-        existing = _table_names(self._db)
+        self._db = connect(config.db_uri, config.storage_options)
+        existing = table_names(self._db)
         self._clips_schema = schema.embeddings_schema(config.metadata_fields)
         self._errors_schema = schema.errors_schema()
         self._tokens_schema = schema.vision_tokens_schema()
@@ -287,7 +204,7 @@ class LanceSink:
             logger.info("creating table %s", shown)
             return self._db.create_table(name, schema=expected)
         table = self._db.open_table(name)
-        _check_schema(table, expected, shown)
+        check_schema(table, expected, shown)
         return table
 
     @property
@@ -323,7 +240,7 @@ class LanceSink:
         for lo in range(0, len(ids), self.config.chunk_rows):
             where = col(schema.VIDEO_ID).isin(ids[lo : lo + self.config.chunk_rows])
             for table in (self._clips, self._errors):
-                hits = _select(table, where, [schema.VIDEO_ID])[schema.VIDEO_ID]
+                hits = select_rows(table, where, [schema.VIDEO_ID])[schema.VIDEO_ID]
                 if len(hits):
                     found.update(pc.unique(hits).to_pylist())
                     table.delete(where)
@@ -443,15 +360,9 @@ class LanceSink:
         tokens_expected = self.config.store_vision_tokens and ok.any()
         if tokens_expected and schema.VISION_TOKENS not in batch.schema.names:
             raise ValueError("store_vision_tokens is set but the batch has no vision_tokens")
-        metadata = {f.name for f in self.config.metadata_fields}
         arrays = []
         for f in self._staging:
             value = columns.get(f.name, batch[f.name] if f.name in batch.schema.names else None)
-            if f.name in metadata and value is not None and pa.types.is_floating(value.type):
-                # A null number that went through a numpy batch arrives as NaN (an integer
-                # column with nulls as floats); the pipeline's embed stage passes Arrow, but
-                # other writers may not: NaN is a null here.
-                value = pc.if_else(pc.is_nan(value), pa.scalar(None, value.type), value)
             try:
                 arrays.append(pa.nulls(n, f.type) if value is None else value.cast(f.type))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -495,7 +406,7 @@ class LanceSink:
         ones (never fewer clips than before), and the next write of the video removes the
         rest. `merge_insert(...).when_not_matched_by_source_delete(filter)` would be one
         commit, but in LanceDB 0.40 it scans the whole target table (1-6 s per chunk at
-        1M rows, against 0.1-0.2 s for the upsert).
+        1M rows, against 0.1-0.2 s for the upsert): :mod:`pipeline.compat`, entry 5.
         """
         _upsert(table, rows, schema.CLIP_ID)
         if not self._had_rows[id(table)]:
@@ -503,7 +414,7 @@ class LanceSink:
         # Reading the videos' clip ids and deleting the stale ones by key is several times
         # faster than one `video_id IN (..) AND clip_id NOT IN (..)` delete.
         where = col(schema.VIDEO_ID).isin(_ids(rows))
-        existing = _select(table, where, [schema.CLIP_ID])[schema.CLIP_ID]
+        existing = select_rows(table, where, [schema.CLIP_ID])[schema.CLIP_ID]
         stale = existing.filter(pc.invert(pc.is_in(existing, value_set=rows[schema.CLIP_ID])))
         if len(stale):
             table.delete(col(schema.CLIP_ID).isin(stale.to_pylist()))
@@ -516,7 +427,7 @@ class LanceSink:
             before = pa.nulls(len(failed), pa.int32())
             if had_rows:
                 where = col(schema.VIDEO_ID).isin(ids.to_pylist())
-                previous = _select(self._errors, where, [schema.VIDEO_ID, schema.ATTEMPTS])
+                previous = select_rows(self._errors, where, [schema.VIDEO_ID, schema.ATTEMPTS])
                 where = pc.index_in(ids, value_set=previous[schema.VIDEO_ID])
                 before = previous[schema.ATTEMPTS].take(where)
             extra = {
@@ -531,11 +442,6 @@ class LanceSink:
             self.stats.errors_cleared += _delete_if_any(self._errors, cleared)
 
 
-def _select(table, where, columns: list[str]) -> pa.Table:
-    """One filtered read (a plain search has no row limit once `limit(None)` is set)."""
-    return table.search().where(where).select(columns).limit(None).to_arrow()
-
-
 def _upsert(table, rows: pa.Table, key: str) -> None:
     table.merge_insert(key).when_matched_update_all().when_not_matched_insert_all().execute(rows)
 
@@ -545,15 +451,5 @@ def _ids(rows: pa.Table) -> list[str]:
 
 
 def _delete_if_any(table, where) -> int:
-    """Delete rows matching `where` (a `lancedb.expr.Expr` on `video_id`); returns how many.
-
-    Counting first avoids a new table version when nothing matches (the common case):
-    a LanceDB delete that matches nothing still commits. The count is a filtered read, not
-    `count_rows`, which takes only SQL text: LanceDB 0.40's `Expr.to_sql()` does not
-    escape a quote after a backslash (an id like `x\\'y`), so every filter here stays an
-    expression object, whatever the ids hold.
-    """
-    count = len(_select(table, where, [schema.VIDEO_ID]))
-    if count:
-        table.delete(where)
-    return count
+    """Delete rows matching `where` (an expression on `video_id`); returns how many."""
+    return delete_matching(table, where, schema.VIDEO_ID)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import tempfile
 import uuid
 
 # Offline from the start: huggingface_hub reads HF_HUB_OFFLINE once, when it is imported,
@@ -12,6 +13,8 @@ import uuid
 # before any test module, hence before anything imports huggingface_hub or transformers.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+# vidcat's cache (checkpoint digests, downloads) in a private directory, never the user's.
+os.environ["VIDCAT_CACHE"] = tempfile.mkdtemp(prefix="vidcat-test-cache-")
 
 import pytest
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from pipeline import sample_catalog
+
 _STEP = 16
 
 
@@ -30,19 +32,16 @@ def frame_index_of(rgb: np.ndarray) -> int:
 def write_video(
     path: Path, num_frames: int, width: int = 64, height: int = 48, fps: int = 25
 ) -> Path:
-    """h264/yuv420p mp4 whose frame `i` has colour :func:`index_color(i % 256)`."""
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.thread_count = 1
-        stream.options = {"g": str(2 * fps)}
+    """h264/yuv420p mp4 whose frame `i` has colour :func:`index_color(i % 256)`, written by
+    the sample catalog's encoder (the project's one H.264 writer)."""
+
+    def frames():
         for i in range(num_frames):
             rgb = np.empty((height, width, 3), np.uint8)
             rgb[:] = index_color(i % 256)
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+            yield rgb
+
+    sample_catalog.write_video(str(path), frames(), fps)
     return path
 
 

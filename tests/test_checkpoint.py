@@ -204,7 +204,9 @@ def test_interpolate_rejects_a_pos_embed_without_patch_rows():
         interpolate_pos_embed(torch.zeros(2, 7, 8), 4, 3)
 
 
-def test_digest_is_cached_and_tracks_content(tmp_path, monkeypatch):
+def test_digest_is_cached_in_the_user_cache_and_tracks_content(tmp_path, monkeypatch):
+    """The digest cache lives in the user's cache directory, keyed by path, size and mtime:
+    reading weights writes nothing beside them, and a read-only model directory works."""
     from models.internvideo2 import checkpoint as ckpt
 
     reads = []
@@ -216,22 +218,39 @@ def test_digest_is_cached_and_tracks_content(tmp_path, monkeypatch):
         return real_open(file, *args, **kwargs)
 
     monkeypatch.setattr(ckpt, "open", counting_open, raising=False)
-    f = tmp_path / "w.pt"
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VIDCAT_CACHE", str(cache))
+    models = tmp_path / "models"
+    models.mkdir()
+    f = models / "w.pt"
     f.write_bytes(b"abc")
-    d1 = file_digest(f)
-    assert d1 == "sha256:" + hashlib.sha256(b"abc").hexdigest() and len(reads) == 1
-    sidecar = json.loads((tmp_path / "w.pt.sha256.json").read_text())
-    st = f.stat()
-    assert sidecar == {"size": 3, "mtime_ns": st.st_mtime_ns, "digest": d1}
-
-    assert file_digest(f) == d1 and len(reads) == 1  # from the sidecar: not read again
+    models.chmod(0o555)  # a read-only mount
+    try:
+        d1 = file_digest(f)
+        assert d1 == "sha256:" + hashlib.sha256(b"abc").hexdigest() and len(reads) == 1
+        assert os.listdir(models) == ["w.pt"]  # nothing written beside the weights
+        (entry,) = (cache / "digests").iterdir()
+        st = f.stat()
+        assert json.loads(entry.read_text()) == {
+            "path": str(f.resolve()),
+            "size": 3,
+            "mtime_ns": st.st_mtime_ns,
+            "digest": d1,
+        }
+        assert file_digest(f) == d1 and len(reads) == 1  # from the cache: not read again
+    finally:
+        models.chmod(0o755)
 
     # Same size, new mtime (set explicitly: a fast rewrite can keep the old timestamp).
     f.write_bytes(b"xyz")
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     d2 = file_digest(f)
     assert d2 == "sha256:" + hashlib.sha256(b"xyz").hexdigest() != d1 and len(reads) == 2
-    assert json.loads((tmp_path / "w.pt.sha256.json").read_text())["digest"] == d2
+    assert json.loads(entry.read_text())["digest"] == d2
+    # Another file of the same name elsewhere is another entry.
+    other = tmp_path / "w.pt"
+    other.write_bytes(b"abc")
+    assert file_digest(other) == d1 and len(list((cache / "digests").iterdir())) == 2
 
 
 def test_random_model_is_deterministic_and_labelled():

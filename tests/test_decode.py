@@ -28,9 +28,18 @@ from media import (
 
 from models.internvideo2.preprocess import middle_frame_indices, window_frame_indices
 from pipeline import decode, schema
-from pipeline._decode_worker import MIN_TAIL_CLIP_S, decode_path, plan_clips
-from pipeline.decode import DecodeConfig, DecoderPool, DecodeStage, IsolatedDecoder, S3Config
+from pipeline.decode import (
+    DecodeConfig,
+    DecoderPool,
+    DecodeStage,
+    IsolatedDecoder,
+    fetch,
+    process,
+    protocol,
+)
+from pipeline.decode.child import MIN_TAIL_CLIP_S, decode_path, plan_clips
 from pipeline.schema import Status
+from pipeline.storage import S3Config
 
 SECRET = "s3cr3tK3y"
 GOOD_FRAMES, LONG_FRAMES, LONG_FPS = 50, 125, 5  # good: 2 s at 25 fps; long: 25 s at 5 fps
@@ -171,6 +180,13 @@ def test_limits_apply_to_real_videos(media):
         assert header["status"] == Status.RESOLUTION_EXCEEDED and frames.size == 0, limits
 
 
+def columns(table: pa.Table) -> dict:
+    """A decode stage's output as Python values per column, frames as uint8 `[N, T, H, W, 3]`."""
+    out = {n: table[n].to_pylist() for n in table.column_names if n != schema.FRAMES}
+    out[schema.FRAMES] = schema.frames_ndarray(table[schema.FRAMES])
+    return out
+
+
 def _upload(endpoint: str, bucket: str, key: str, path) -> str:
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     s3.upload_file(str(path), bucket, key)
@@ -226,17 +242,20 @@ def test_batch_with_every_kind_of_bad_row(media, s3_bucket, caplog, decoders):
         s3=S3Config(endpoint_url=endpoint, region="us-east-1"),
         fault_injection=faults,
     )
-    batch = {
-        schema.VIDEO_ID: np.array([r[0] for r in rows], dtype=object),
-        schema.URI: np.array([r[1] for r in rows], dtype=object),
-        "caption": np.array([f"caption of {r[0]}" for r in rows], dtype=object),
-        "rank": np.arange(len(rows), dtype=np.int64),
-        schema.STATUS: np.array(["from the manifest"] * len(rows), dtype=object),
-    }
+    batch = pa.table(
+        {
+            schema.VIDEO_ID: [r[0] for r in rows],
+            schema.URI: pa.array([r[1] for r in rows], pa.string()),
+            "caption": [f"caption of {r[0]}" for r in rows],
+            "rank": np.arange(len(rows), dtype=np.int64),
+            schema.STATUS: ["from the manifest"] * len(rows),
+        }
+    )
     stage = DecodeStage(config, decoders=decoders)
     with caplog.at_level(logging.DEBUG, logger="pipeline.decode"):
-        out = stage.decode_batch(batch)
+        table = stage.decode_batch(batch)
     stage.close()
+    out = columns(table)
     # With several decoders the batch ran in parallel: more than one feeding thread started
     # a decoder process (each thread grabs its own decoder before any child is up).
     messages = [(r.threadName, r.getMessage()) for r in caplog.records]
@@ -253,24 +272,28 @@ def test_batch_with_every_kind_of_bad_row(media, s3_bucket, caplog, decoders):
         assert out["caption"][j] == f"caption of {video_id}"
         assert out["rank"][j] == [r[0] for r in rows].index(video_id)
         if status is Status.OK:
-            assert out[schema.MESSAGE][j] == "" and out[schema.DECODER][j] == "decord"
+            assert out[schema.MESSAGE][j] is None and out[schema.DECODER][j] == "decord"
             assert out[schema.CLIP_INDEX][j] == 0
-            assert_frames_match(out[schema.FRAMES][j], out[schema.FRAME_INDICES][j])
+            assert_frames_match(out[schema.FRAMES][j], np.array(out[schema.FRAME_INDICES][j]))
         else:
-            assert out[schema.MESSAGE][j] and out[schema.CLIP_INDEX][j] == -1
+            assert out[schema.MESSAGE][j] and out[schema.CLIP_INDEX][j] is None
             assert not out[schema.FRAMES][j].any()
-            assert (out[schema.FRAME_INDICES][j] == -1).all()
-            assert np.isnan(out[schema.CLIP_START_S][j])
+            assert out[schema.FRAME_INDICES][j] is None
+            assert out[schema.CLIP_START_S][j] is None
         assert out[schema.ATTEMPTS][j] == 1 and out[schema.NUM_CLIPS][j] == 1
         assert out[schema.DECODE_SECONDS][j] >= 0
     assert out[schema.DECODE_SECONDS][by_id["hang"]] >= 2.0  # the timeout it waited for
-    assert out[schema.FRAME_INDICES][by_id["good-s3"]].tolist() == [5, 18, 30, 43]
+    assert out[schema.FRAME_INDICES][by_id["good-s3"]] == [5, 18, 30, 43]
     assert out[schema.CONTENT_VERSION][by_id["good-s3"]] == etag
     assert out[schema.URI][by_id["good-s3"]] == f"s3://{bucket}/videos/good.mp4"
     assert out[schema.URI][by_id["creds"]] == f"s3://***@{bucket}/videos/good.mp4"
     assert out[schema.FRAMES].shape == (len(rows), 4, 224, 224, 3)
-    assert out[schema.FRAME_INDICES].dtype == np.int32 and out[schema.ATTEMPTS].dtype == np.int32
-    assert out[schema.CLIP_START_S].dtype == np.float64
+    assert table[schema.FRAME_INDICES].type == pa.list_(pa.int32())
+    assert table[schema.ATTEMPTS].type == pa.int32() and table["rank"].type == pa.int64()
+    assert table[schema.CLIP_START_S].type == pa.float64()
+    # Where the decoder never ran (rejected before any request), it is unknown: null.
+    assert out[schema.DECODER][by_id["http"]] is None
+    assert out[schema.CONTENT_VERSION][by_id["http"]] is None
     assert set(out[schema.STATUS]) <= {s.value for s in Status}  # manifest's "status" dropped
 
     shown = " ".join(map(str, out[schema.MESSAGE])) + " ".join(map(str, out[schema.URI]))
@@ -371,7 +394,7 @@ def test_a_failing_s3_filesystem_leaks_no_descriptor(media, tmp_path, monkeypatc
     def unavailable(self):
         raise OSError("no credentials")
 
-    monkeypatch.setattr(S3Config, "filesystem", unavailable)
+    monkeypatch.setattr(S3Config, "s3fs", unavailable)
     config = DecodeConfig(temp_dir=str(tmp_path), max_attempts=3)
     with IsolatedDecoder(config) as dec:
         before = _open_files_of_ours(tmp_path)
@@ -400,7 +423,7 @@ def test_files_over_max_bytes_are_refused_before_reading(media, s3_bucket, tmp_p
     )
     with IsolatedDecoder(config) as dec:
         with monkeypatch.context() as patch:
-            patch.setattr(decode.shutil, "copyfileobj", no_download)
+            patch.setattr(fetch.shutil, "copyfileobj", no_download)
             results = [dec.decode(str(good)), dec.decode(f"s3://{bucket}/good.mp4")]
         assert dec.child_pid is None  # nothing reached the decoder process
         for result in results:
@@ -446,10 +469,10 @@ def test_child_is_respawned_after_crash_timeout_and_kill(media, monkeypatch):
             sent.wait()
             os.kill(second, signal.SIGKILL)
 
-        write_message = decode.write_message
+        write_message = process.write_message
         killer = threading.Thread(target=kill_child)
         with monkeypatch.context() as patch:
-            patch.setattr(decode, "write_message", send_then_flag)
+            patch.setattr(process, "write_message", send_then_flag)
             killer.start()
             result = dec.decode(good, video_id="hang")
         killer.join()
@@ -484,7 +507,8 @@ def test_stage_accepts_arrow_batches_and_odd_values(media):
         }
     )
     stage = DecodeStage(DecodeConfig(allowed_roots=(str(media),), num_frames=2, clip_seconds=10))
-    out = stage.decode_batch(table)
+    result = stage.decode_batch(table)
+    out = columns(result)
     assert list(out[schema.VIDEO_ID]) == ["a", "b", "c", "d", "d", "d"]
     assert list(out[schema.STATUS]) == ["ok", "ok", "uri_rejected", "ok", "ok", "ok"]
     assert list(out[schema.NUM_CLIPS]) == [1, 1, 1, 3, 3, 3]
@@ -497,6 +521,7 @@ def test_stage_accepts_arrow_batches_and_odd_values(media):
     assert out[schema.CONTENT_VERSION][3] == decode.local_version(os.stat(long)) + "#t=2.0,"
     assert (out[schema.CLIP_START_S][0], out[schema.CLIP_END_S][0]) == (2.0, 6.0)
     assert list(out["tags"][0]) == ["x"] and list(out["tags"][5]) == ["y"]
+    assert result["tags"].type == pa.list_(pa.string())  # passthrough keeps its Arrow type
     assert schema.START_S not in out and schema.VERSION not in out
     # Output is cut into whole videos once a batch holds `output_bytes` of frames: here
     # every clip (2 x 224 x 224 x 3 bytes) reaches it, so each video comes out on its own.
@@ -505,30 +530,25 @@ def test_stage_accepts_arrow_batches_and_odd_values(media):
         parts = list(small(table))
     finally:
         small.close()
-    assert [list(p[schema.VIDEO_ID]) for p in parts] == [["a"], ["b"], ["c"], ["d", "d", "d"]]
-    assert [list(p["tags"][-1]) if p["tags"][-1] is not None else None for p in parts] == [
-        ["x"],
-        [],
-        None,
-        ["y"],
-    ]
-    whole = {name: np.concatenate([p[name] for p in parts]) for name in out}
-    for name in (schema.VIDEO_ID, schema.STATUS, schema.CLIP_START_S, schema.FRAMES):
-        np.testing.assert_array_equal(whole[name], out[name])
+    assert [p[schema.VIDEO_ID].to_pylist() for p in parts] == [["a"], ["b"], ["c"], ["d"] * 3]
+    assert [p["tags"].to_pylist()[-1] for p in parts] == [["x"], [], None, ["y"]]
+    timings = [schema.DECODE_SECONDS]
+    assert pa.concat_tables(parts).drop_columns(timings).equals(result.drop_columns(timings))
     empty = stage.decode_batch(table.slice(0, 0))
-    assert empty[schema.FRAMES].shape == (0, 2, 224, 224, 3) and len(empty["tags"]) == 0
+    assert schema.frames_ndarray(empty[schema.FRAMES]).shape == (0, 2, 224, 224, 3)
+    assert len(empty["tags"]) == 0
     (pid,) = stage.child_pids
     assert pid is not None
     stage.close()
     assert stage.child_pids == [None]
     again = stage.decode_batch(table.slice(1, 1))  # usable after close: the decoder restarts
-    assert list(again[schema.STATUS]) == ["ok"] and stage.child_pids != [None]
+    assert again[schema.STATUS].to_pylist() == ["ok"] and stage.child_pids != [None]
     stage.close()
 
 
 def test_child_environment_has_no_aws_credentials(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    env = decode._child_env()
+    env = process._child_env()
     assert SECRET not in env.values() and not any(k.startswith("AWS_") for k in env)
     assert env["OMP_NUM_THREADS"] == "1"
 
@@ -536,16 +556,16 @@ def test_child_environment_has_no_aws_credentials(monkeypatch):
 def test_s3_config(s3_bucket, media):
     endpoint, bucket = s3_bucket
     config = S3Config(endpoint_url=endpoint, region="us-east-1")
+    retries = {"client_max_retries": "4", "client_retry_timeout": "180"}
     assert config.storage_options() == {
         "endpoint": endpoint,
         "allow_http": "true",
         "region": "us-east-1",
+        **retries,
     }
-    assert S3Config(anon=True).storage_options() == {"skip_signature": "true"}
+    assert S3Config(anon=True).storage_options() == {"skip_signature": "true", **retries}
     _upload(endpoint, bucket, "x.mp4", media / "good.mp4")
-    assert config.filesystem().info(f"{bucket}/x.mp4")["size"] == os.path.getsize(
-        media / "good.mp4"
-    )
+    assert config.s3fs().info(f"{bucket}/x.mp4")["size"] == os.path.getsize(media / "good.mp4")
 
 
 @pytest.mark.parametrize(
@@ -597,7 +617,7 @@ def test_clip_windows_start_at_least_one_second_apart():
     ],
 )
 def test_s3_endpoint_must_be_an_http_url_with_a_host(endpoint):
-    with pytest.raises(ValueError, match="endpoint_url must be http://host") as err:
+    with pytest.raises(ValueError, match="S3 endpoint: it must be http://host") as err:
         S3Config(endpoint_url=endpoint)
     assert "secret" not in str(err.value)
 
@@ -619,11 +639,11 @@ def test_stage_under_ray_data(media, ray_cluster):
         {schema.VIDEO_ID: "bad", schema.URI: str(media / "random.mp4"), "caption": "r"},
     ]
     config = DecodeConfig(allowed_roots=(str(media),), clip_seconds=10)
-    for batch_format, decoders in (("numpy", 1), ("pyarrow", 2)):
+    for decoders in (1, 2):
         ds = ray.data.from_items(rows).map_batches(
             DecodeStage,
             fn_constructor_kwargs={"config": config, "decoders": decoders},
-            batch_format=batch_format,
+            batch_format="pyarrow",
             batch_size=2,
             concurrency=1,
         )
@@ -637,29 +657,29 @@ def test_stage_under_ray_data(media, ray_cluster):
         ]
         assert [r["caption"] for r in out] == ["r", "g", "l", "l", "l"]
         for row in out[1:]:
-            assert row[schema.FRAMES].shape == (4, 224, 224, 3)
-            assert_frames_match(row[schema.FRAMES], row[schema.FRAME_INDICES])
+            assert np.asarray(row[schema.FRAMES]).shape == (4, 224, 224, 3)
+            assert_frames_match(np.asarray(row[schema.FRAMES]), np.array(row[schema.FRAME_INDICES]))
 
 
 def test_pipe_protocol_roundtrip_timeout_validation_and_eof():
     read_fd, write_fd = os.pipe()
     with os.fdopen(read_fd, "rb", buffering=0) as reader, os.fdopen(write_fd, "wb") as writer:
         frames = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
-        decode.write_message(writer, {"status": "ok", "n": 1}, frames)
-        header, payload = decode.read_message(reader, time.monotonic() + 5)
+        protocol.write_message(writer, {"status": "ok", "n": 1}, frames)
+        header, payload = protocol.read_message(reader, time.monotonic() + 5)
         assert header == {"status": "ok", "n": 1} and bytes(payload) == frames.tobytes()
         with pytest.raises(TimeoutError):
-            decode.read_message(reader, time.monotonic() + 0.1)
+            protocol.read_message(reader, time.monotonic() + 0.1)
 
         def refuse(header, size):
             raise ValueError(f"{size} bytes refused")
 
-        decode.write_message(writer, {}, b"x" * 10)
+        protocol.write_message(writer, {}, b"x" * 10)
         with pytest.raises(ValueError, match="10 bytes refused"):
-            decode.read_message(reader, time.monotonic() + 5, refuse)
+            protocol.read_message(reader, time.monotonic() + 5, refuse)
         writer.close()
         with pytest.raises(EOFError):
-            decode.read_message(reader, time.monotonic() + 5)
+            protocol.read_message(reader, time.monotonic() + 5)
 
 
 @pytest.mark.parametrize(

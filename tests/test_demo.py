@@ -8,9 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import demo
+from jobs import demo, query
 from models.internvideo2.tokenizer import write_vocab
-from pipeline import query
 from pipeline.sample_catalog import make_sample_catalog
 
 ROOT = Path(__file__).resolve().parents[1]

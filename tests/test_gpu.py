@@ -11,7 +11,8 @@ from fixtures import TINY_CHECKPOINT, TINY_CONFIG, TINY_IO
 
 from models.internvideo2 import InternVideo2Config, load_internvideo2, random_internvideo2
 from pipeline import schema
-from pipeline.embed import EmbedConfig, EmbedStage, ModelSpec
+from pipeline.embed import EmbedConfig, EmbedStage
+from pipeline.models import ModelSpec
 
 pytestmark = pytest.mark.gpu
 

@@ -486,31 +486,38 @@ def test_gpu_requirements_are_exact_and_inside_pyproject_ranges(ray_version):
 
 # ---- the data contract doc ------------------------------------------------------------------
 def _report_keys() -> set[str]:
-    """Every string key of the `report` dict literal in pipeline/runner.py, nested included."""
-    tree = ast.parse((ROOT / "pipeline" / "runner.py").read_text())
-    keys: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assign | ast.AnnAssign):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            names = {t.id for t in targets if isinstance(t, ast.Name)}
-            subs = {
-                t.value.id
-                for t in targets
-                if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name)
-            }
-            if "report" in names and isinstance(node.value, ast.Dict):
-                keys |= {
-                    k.value
-                    for d in ast.walk(node.value)
-                    if isinstance(d, ast.Dict)
-                    for k in d.keys
-                    if isinstance(k, ast.Constant) and isinstance(k.value, str)
-                }
-            if "report" in subs:
-                for t in targets:
-                    if isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Constant):
-                        keys.add(t.slice.value)
-    assert {"run_id", "counts", "exit_code"} <= keys
+    """Every field of the run report: `RunReport.to_dict()`'s keys (pipeline/runs.py), the
+    `Counts` fields, and the keys of the dicts pipeline/runner.py builds into the report."""
+    import dataclasses
+
+    from pipeline.runs import Counts
+
+    keys = {f.name for f in dataclasses.fields(Counts)} | {"videos_embedded"}
+    runs_tree = ast.parse((ROOT / "pipeline" / "runs.py").read_text())
+    (to_dict,) = [
+        f
+        for cls in ast.walk(runs_tree)
+        if isinstance(cls, ast.ClassDef) and cls.name == "RunReport"
+        for f in cls.body
+        if isinstance(f, ast.FunctionDef) and f.name == "to_dict"
+    ]
+    runner_tree = ast.parse((ROOT / "pipeline" / "runner.py").read_text())
+    built = [
+        node
+        for node in ast.walk(runner_tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "RunReport"
+    ]
+    assert built, "pipeline/runner.py no longer builds a RunReport"
+    for tree in (to_dict, *built):
+        keys |= {
+            k.value
+            for d in ast.walk(tree)
+            if isinstance(d, ast.Dict)
+            for k in d.keys
+            if isinstance(k, ast.Constant) and isinstance(k.value, str)
+        }
+    keys |= {"report_uri"}
+    assert {"run_id", "counts", "exit_code", "wall", "files"} <= keys
     return keys
 
 
@@ -534,7 +541,7 @@ def test_schema_doc_lists_every_column():
 
 
 def test_schema_doc_lists_statuses_report_fields_and_exit_codes():
-    from pipeline import runner
+    from pipeline import runs
 
     doc = SCHEMA_DOC.read_text()
     for status in schema.Status:
@@ -546,5 +553,5 @@ def test_schema_doc_lists_statuses_report_fields_and_exit_codes():
     for key in _report_keys():
         assert f"`{key}`" in doc, f"run-report field {key} is missing"
     for name in ("EXIT_OK", "EXIT_FAILED", "EXIT_INVALID_INPUT", "EXIT_TOO_MANY_ERRORS"):
-        assert f"| {getattr(runner, name)} |" in doc, name
+        assert f"| {getattr(runs, name)} |" in doc, name
     assert "_vidcat/<table>/runs/<run_id>.report.json" in doc

@@ -10,15 +10,14 @@ from __future__ import annotations
 import logging
 
 import lancedb
-import numpy as np
 import pyarrow as pa
 import pytest
 from media import write_video
-from ray.data.block import BlockAccessor
 
 from pipeline import schema
 from pipeline.decode import DecodeConfig, DecodeStage
-from pipeline.embed import EmbedConfig, EmbedStage, ModelSpec
+from pipeline.embed import EmbedConfig, EmbedStage
+from pipeline.models import ModelSpec
 from pipeline.schema import Status
 from pipeline.sink import LanceSink, SinkConfig
 
@@ -40,13 +39,6 @@ def root(tmp_path_factory):
     return root
 
 
-def _through_ray_formats(batch: dict[str, np.ndarray], stage) -> pa.Table:
-    """`stage` on `batch` the way the pipeline's graph hands it over: the decode stage's
-    numpy output becomes an Arrow block, which the embed stage takes as Arrow
-    (`batch_format="pyarrow"` in pipeline/build.py)."""
-    return BlockAccessor.batch_to_block(stage(BlockAccessor.batch_to_block(batch)))
-
-
 def test_metadata_nulls_survive_decode_embed_and_sink(root, tmp_path):
     manifest = pa.table(
         {
@@ -65,11 +57,11 @@ def test_metadata_nulls_survive_decode_embed_and_sink(root, tmp_path):
         decoded = decode.decode_batch(manifest)
     finally:
         decode.close()
-    assert list(decoded["year"]) == [2020, None, 2**60 + 1, None]
-    assert list(decoded["score"]) == [0.5, None, 1.5, None]
+    assert decoded["year"].to_pylist() == [2020, None, 2**60 + 1, None]
+    assert decoded["score"].to_pylist() == [0.5, None, 1.5, None]
 
     embed = EmbedStage(EmbedConfig(model=ModelSpec(model="tiny-random"), device="cpu"))
-    rows = _through_ray_formats(decoded, embed)
+    rows = embed(decoded)  # Arrow from decode to sink, as in the pipeline's graph
     config = SinkConfig(db_uri=str(tmp_path / "db"), metadata_fields=METADATA)
     with LanceSink(config) as sink:
         sink.write(rows)
@@ -78,7 +70,7 @@ def test_metadata_nulls_survive_decode_embed_and_sink(root, tmp_path):
     assert [table.schema.field(f.name).type for f in METADATA] == [f.type for f in METADATA]
     got = {r[schema.VIDEO_ID]: r for r in table.to_arrow().to_pylist()}
     assert sorted(got) == ["a", "b", "c"]
-    # Exact: a float64 detour (numpy batches carry a null number as NaN) would round 2**60 + 1.
+    # Exact: a float64 detour (a null number as NaN) would round 2**60 + 1.
     assert [got[v]["year"] for v in "abc"] == [2020, None, 2**60 + 1]
     assert [got[v]["rank"] for v in "abc"] == [None, 2, 3]
     assert [got[v]["score"] for v in "abc"] == [0.5, None, 1.5]
@@ -98,10 +90,7 @@ def test_secrets_in_uris_without_a_scheme_never_reach_rows_or_logs(
         "presigned": "bucket/v.mp4?X-Amz-Signature=SIG",
         "fragment": "bucket/v.mp4#token=SIG",
     }
-    batch = {
-        schema.VIDEO_ID: np.array(list(uris), dtype=object),
-        schema.URI: np.array(list(uris.values()), dtype=object),
-    }
+    batch = pa.table({schema.VIDEO_ID: list(uris), schema.URI: list(uris.values())})
     base_dir = str(root) if base == "local" else "s3://catalog/videos"
     stage = DecodeStage(DecodeConfig(allowed_roots=(str(root),), base_dir=base_dir))
     with caplog.at_level(logging.DEBUG):
@@ -110,7 +99,9 @@ def test_secrets_in_uris_without_a_scheme_never_reach_rows_or_logs(
         config = SinkConfig(db_uri=str(tmp_path / "db"))
         with LanceSink(config) as sink:
             sink.write(out)
-    statuses = dict(zip(out[schema.VIDEO_ID], out[schema.STATUS], strict=True))
+    statuses = dict(
+        zip(out[schema.VIDEO_ID].to_pylist(), out[schema.STATUS].to_pylist(), strict=True)
+    )
     if base == "s3":  # no s3 uri takes a query or fragment, nor a host that is no bucket
         assert statuses == dict.fromkeys(uris, Status.URI_REJECTED)
     else:  # a local file may be named "v.mp4?...": looked for, and not found

@@ -11,7 +11,7 @@ import pytest
 
 from jobs import embed_catalog
 from jobs.embed_catalog import build_config, parse_args
-from pipeline import runner
+from pipeline import runner, runs
 from pipeline.manifest import ManifestError
 
 BASE = ["--manifest", "m.parquet", "--db", "db", "--model", "tiny-random"]
@@ -98,24 +98,26 @@ def test_a_failure_after_the_tables_are_open_exits_1_with_its_traceback(
 
     monkeypatch.setattr(runner, "plan_refresh", fail)
     caplog.set_level(logging.INFO)
-    assert job() == runner.EXIT_FAILED
+    assert job() == runs.EXIT_FAILED
     [failed] = [r for r in caplog.records if r.getMessage() == "run failed"]
     assert failed.exc_info is not None and failed.exc_info[1] is error
     assert not [r for r in caplog.records if "invalid" in r.getMessage()]
 
 
-def test_invalid_arguments_and_manifests_exit_2(job, tmp_path, caplog):
+def test_invalid_arguments_and_manifests_exit_2(job, tmp_path, caplog, capsys):
     caplog.set_level(logging.INFO)
-    assert job("--num-frames", "99") == runner.EXIT_INVALID_INPUT
-    assert job("--table", "a/b") == runner.EXIT_INVALID_INPUT
-    assert job("--table", "..") == runner.EXIT_INVALID_INPUT  # reports would land in <db>/
+    assert job("--num-frames", "99") == runs.EXIT_INVALID_INPUT
+    assert job("--table", "a/b") == runs.EXIT_INVALID_INPUT
+    assert job("--table", "..") == runs.EXIT_INVALID_INPUT  # reports would land in <db>/
     gcs = ["--manifest", str(tmp_path / "m.parquet"), "--db", "gs://bucket/db"]
-    assert job(*gcs) == runner.EXIT_INVALID_INPUT  # refused up front, not after the run
-    assert "unsupported storage scheme 'gs'" in caplog.records[-1].getMessage()
-    assert job("--batch-size", "0") == runner.EXIT_INVALID_INPUT
-    assert job("--clip-seconds", "30", "--clip-overlap", "29.999") == runner.EXIT_INVALID_INPUT
+    capsys.readouterr()
+    assert job(*gcs) == runs.EXIT_INVALID_INPUT  # refused up front, not after the run
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "unsupported storage scheme 'gs'" in err
+    assert job("--batch-size", "0") == runs.EXIT_INVALID_INPUT
+    assert job("--clip-seconds", "30", "--clip-overlap", "29.999") == runs.EXIT_INVALID_INPUT
     missing = ["--manifest", str(tmp_path / "nope.parquet"), "--db", str(tmp_path / "db")]
-    assert job(*missing) == runner.EXIT_INVALID_INPUT
+    assert job(*missing) == runs.EXIT_INVALID_INPUT
     assert not (tmp_path / "db").exists()  # nothing was written
     assert not [r for r in caplog.records if r.exc_info]
 
@@ -132,7 +134,7 @@ def test_the_resolved_config_is_logged_redacted(job, monkeypatch, caplog):
         "--db",
         "//user:SECRET@minio/db",
     ]
-    assert job(*argv) == runner.EXIT_INVALID_INPUT
+    assert job(*argv) == runs.EXIT_INVALID_INPUT
     [config] = [r.getMessage() for r in caplog.records if "resolved config" in r.getMessage()]
     shown = json.loads(config.partition(": ")[2])
     assert shown["manifest"] == "s3://***@bucket/m.parquet?***"
@@ -154,7 +156,7 @@ def test_the_resolved_config_hides_secrets_holding_quotes_or_spaces(job, monkeyp
     argv = ["--manifest", "s3://AKIA:se'cret@bucket/m.parquet", "--db", "s3://u:p w@bucket/db"]
     # Without a scheme, free-text redaction cannot tell where such a secret ends.
     argv += ["--allowed-root", "//u:p w@minio/videos"]
-    assert job(*argv) == runner.EXIT_INVALID_INPUT
+    assert job(*argv) == runs.EXIT_INVALID_INPUT
     [config] = [r.getMessage() for r in caplog.records if "resolved config" in r.getMessage()]
     assert "se'cret" not in config and "cret@" not in config and "p w" not in config
     expected = seen[0].to_dict()

@@ -30,7 +30,7 @@ import pytest
 from procs import descendants, wait_gone
 
 from pipeline import schema
-from pipeline.runner import EXIT_INVALID_INPUT, EXIT_OK
+from pipeline.runs import EXIT_INVALID_INPUT, EXIT_OK
 from pipeline.sample_catalog import make_sample_catalog
 
 pytestmark = pytest.mark.slow

@@ -227,9 +227,9 @@ def test_dictionary_metadata_unifies_with_plain_strings(tmp_path):
     "endpoint", ["127.0.0.1:9000", "minio:9000", "ftp://minio:9000", "http://", "http://k:s@h"]
 )
 def test_s3_endpoint_without_scheme_and_host_is_refused(tmp_path, no_network, endpoint):
-    with pytest.raises(ManifestError, match="endpoint_url must be http://host"):
+    with pytest.raises(ManifestError, match="S3 endpoint: it must be http://host"):
         manifest_filesystem("s3://catalog/m.parquet", endpoint_url=endpoint)
-    with pytest.raises(ManifestError, match="endpoint_url must be http://host"):
+    with pytest.raises(ManifestError, match="S3 endpoint: it must be http://host"):
         validate_manifest("s3://catalog/m.parquet", endpoint_url=endpoint)
     assert no_network == []
 
@@ -269,14 +269,14 @@ def test_large_manifest_in_many_batches(tmp_path):
 def test_hash_collisions_are_confirmed_exactly(tmp_path, monkeypatch):
     # Every id of the same length collides; only the truly repeated one is reported.
     monkeypatch.setattr(
-        manifest, "_hash_ids", lambda ids: np.array([len(s) for s in ids.to_pylist()])
+        manifest, "fnv1a64", lambda ids: np.array([len(s) for s in ids.to_pylist()], np.uint64)
     )
     path = write(tmp_path / "m.parquet", rows(["aa", "bb", "cc", "bb", "d"]))
     with pytest.raises(ManifestError) as err:
         validate_manifest(path)
     assert "duplicate video_id (1 distinct ids): 2 row(s)" in str(err.value)
     assert "'bb' at " in str(err.value)
-    monkeypatch.setattr(manifest, "_hash_ids", lambda ids: np.zeros(len(ids), np.int64))
+    monkeypatch.setattr(manifest, "fnv1a64", lambda ids: np.zeros(len(ids), np.uint64))
     assert validate_manifest(write(tmp_path / "ok.parquet", rows(["a", "b", "c"]))).num_rows == 3
 
 

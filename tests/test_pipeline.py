@@ -15,11 +15,14 @@ import pytest
 
 from pipeline import schema
 from pipeline.build import ResourceConfig, build_dataset
-from pipeline.decode import DecodeConfig, S3Config
-from pipeline.embed import EmbedConfig, ModelSpec
+from pipeline.decode import DecodeConfig
+from pipeline.embed import EmbedConfig
 from pipeline.manifest import ManifestError
-from pipeline.runner import EXIT_OK, EXIT_TOO_MANY_ERRORS, PruneRefused, RunConfig, run
+from pipeline.models import ModelSpec
+from pipeline.runner import PruneRefused, RunConfig, run
+from pipeline.runs import EXIT_OK, EXIT_TOO_MANY_ERRORS
 from pipeline.sample_catalog import make_sample_catalog
+from pipeline.storage import S3Config
 
 pytestmark = pytest.mark.slow
 
@@ -124,16 +127,16 @@ def test_every_bad_input_gives_exactly_one_error_row_and_good_rows_land(
         assert e["status"] == expected[e["video_id"]], e
         assert SECRET not in e["uri"] and SECRET not in (e["message"] or "")
     assert SECRET not in str(report)
-    assert report["counts"]["failed_by_status"]["uri_rejected"] == 4
-    assert report["counts"]["videos_processed"] == len(expected) + len(embedded)
-    assert report["exit_code"] == EXIT_OK  # max_error_rate=1.0
+    assert report.counts.failed_by_status["uri_rejected"] == 4
+    assert report.counts.videos_processed == len(expected) + len(embedded)
+    assert report.exit_code == EXIT_OK  # max_error_rate=1.0
 
     # A rerun in incremental mode skips what is done and retries only retryable failures.
     again = run(cfg)
     retryable = {v for v, s in expected.items() if s in {"fetch_error", "timeout", "decoder_crash"}}
-    assert again["counts"]["retried"] == len(retryable)
-    assert again["counts"]["new"] == again["counts"]["changed"] == 0
-    assert again["counts"]["skipped"] == len(embedded) + len(expected) - len(retryable)
+    assert again.counts.retried == len(retryable)
+    assert again.counts.new == again.counts.changed == 0
+    assert again.counts.skipped == len(embedded) + len(expected) - len(retryable)
     assert table_rows(tmp_path / "db").equals(clips)
     attempts = {
         e["video_id"]: e["attempts"]
@@ -150,7 +153,7 @@ def test_full_rerun_is_idempotent_and_max_error_rate_sets_the_exit_code(
     decode = DecodeConfig(clip_seconds=30.0, timeout_s=3.0, fault_injection=FAULTS)
     cfg = config(manifest, tmp_path / "db", decode=decode, mode="full", max_error_rate=0.1)
     first = run(cfg)
-    assert first["exit_code"] == EXIT_TOO_MANY_ERRORS
+    assert first.exit_code == EXIT_TOO_MANY_ERRORS
     before = table_rows(tmp_path / "db")
     second = run(cfg)
     after = table_rows(tmp_path / "db")
@@ -161,7 +164,7 @@ def test_full_rerun_is_idempotent_and_max_error_rate_sets_the_exit_code(
     assert after.drop(drop).equals(before.drop(drop))
     emb = [np.stack(t[schema.EMBEDDING].to_numpy(zero_copy_only=False)) for t in (before, after)]
     np.testing.assert_allclose(emb[0], emb[1], atol=1e-5)
-    assert second["counts"]["skipped"] == 0
+    assert second.counts.skipped == 0
 
 
 def test_long_videos_become_clips_and_a_changed_setting_re_embeds(ray_cluster, tmp_path):
@@ -174,12 +177,12 @@ def test_long_videos_become_clips_and_a_changed_setting_re_embeds(ray_cluster, t
     shared = dataclasses.replace(CPU, decode_actors=1, decoders_per_actor=2)
     report = run(config(manifest, db, decode=DecodeConfig(clip_seconds=2.0), resources=shared))
     clips = table_rows(db)
-    assert report["counts"]["clips_embedded"] == len(clips) == 6  # 5 s → [0,2) [2,4) [4,5)
+    assert report.counts.clips_embedded == len(clips) == 6  # 5 s → [0,2) [2,4) [4,5)
     first = clips.filter(pa.compute.equal(clips[schema.CLIP_INDEX], 1)).to_pylist()[0]
     assert (first[schema.CLIP_START_S], first[schema.CLIP_END_S]) == (2.0, 4.0)
     # New clip settings change the signature: everything is re-embedded, stale clips go.
     again = run(config(manifest, db, decode=DecodeConfig(clip_seconds=30.0)))
-    assert again["counts"]["changed"] == 2 and again["counts"]["skipped"] == 0
+    assert again.counts.changed == 2 and again.counts.skipped == 0
     after = table_rows(db)
     assert len(after) == 2 and set(after[schema.CLIP_INDEX].to_pylist()) == {0}
 
@@ -200,8 +203,8 @@ def test_incremental_refresh_new_changed_skipped_pruned(ray_cluster, tmp_path):
     new_row = {**rows[1], "video_id": "added"}
     pq.write_table(pa.Table.from_pylist([*rows[:3], new_row], schema=base.schema), manifest)
     report = run(config(manifest, db, prune=True))
-    c = report["counts"]
-    assert (c["new"], c["changed"], c["skipped"], c["deleted"]) == (1, 1, 2, 1)
+    c = report.counts
+    assert (c.new, c.changed, c.skipped, c.deleted) == (1, 1, 2, 1)
     clips = table_rows(db)
     assert set(clips[schema.VIDEO_ID].to_pylist()) == {*ids[:3], "added"}
     versions = dict(
@@ -221,7 +224,7 @@ def test_incremental_refresh_new_changed_skipped_pruned(ray_cluster, tmp_path):
         run(config(manifest, db, prune=True))
     assert table_rows(db).equals(before)
     everything = run(config(manifest, db, prune=True, max_prune_fraction=1.0))
-    assert everything["counts"]["deleted"] == 4 and table_rows(db).num_rows == 0
+    assert everything.counts.deleted == 4 and table_rows(db).num_rows == 0
 
 
 def test_invalid_manifest_fails_before_any_work(ray_cluster, tmp_path):
@@ -240,12 +243,12 @@ def test_manifest_videos_and_table_on_s3(ray_cluster, s3_bucket, tmp_path):
     )
     cfg = dataclasses.replace(config(manifest, f"s3://{bucket}/db"), s3=s3)
     report = run(cfg)
-    assert report["counts"]["clips_embedded"] == 3 and report["counts"]["failed"] == 0
+    assert report.counts.clips_embedded == 3 and report.counts.failed == 0
     conn = lancedb.connect(f"s3://{bucket}/db", storage_options=s3.storage_options())
     t = conn.open_table("videos").to_arrow()
     assert len(t) == 3
     assert all(u.startswith(f"s3://{bucket}/catalog/videos/") for u in t[schema.URI].to_pylist())
-    assert report["report_uri"].startswith(f"s3://{bucket}/db/_vidcat/videos/runs/")
+    assert report.report_uri.startswith(f"s3://{bucket}/db/_vidcat/videos/runs/")
 
 
 @pytest.mark.timeout(240)

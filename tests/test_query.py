@@ -18,15 +18,19 @@ import pytest
 import torch
 from media import write_video
 
-from models.internvideo2.tokenizer import tokenize
+from jobs import query as query_cli
+from jobs.query import format_results, main
+from models.internvideo2.tokenizer import tiny_tokenizer, tokenize
 from pipeline import query, schema
-from pipeline.decode import DecodeConfig, DecodeStage, S3Config
-from pipeline.embed import EmbedConfig, EmbedStage, ModelSpec
+from pipeline.decode import DecodeConfig, DecodeStage
+from pipeline.embed import EmbedConfig, EmbedStage
 from pipeline.index import IndexConfig, build_index
-from pipeline.query import CatalogSearch, QueryError, format_results, main, tiny_tokenizer
-from pipeline.runner import RunConfig, signature_inputs
+from pipeline.models import ModelSpec
+from pipeline.query import CatalogSearch, QueryError
+from pipeline.runner import RunConfig
+from pipeline.runs import RUN_DECODE_FIELDS, RunFiles
 from pipeline.sink import LanceSink, SinkConfig
-from pipeline.storage import write_json
+from pipeline.storage import S3Config
 
 SPEC = ModelSpec(model="tiny-random")
 QUERY = "a red square moving left"
@@ -38,21 +42,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def write_clips(db: str, table: str, rows: list[dict]) -> None:
     """Commit rows (video_id, clip_index, embedding, caption, category, ...) via LanceSink."""
     n = len(rows)
-    batch = {
-        schema.VIDEO_ID: np.array([r["video_id"] for r in rows], dtype=object),
-        schema.CLIP_INDEX: np.array([r.get("clip_index", 0) for r in rows], np.int32),
-        schema.CLIP_START_S: np.array([r.get("clip_index", 0) * 1.0 for r in rows]),
-        schema.CLIP_END_S: np.array([r.get("clip_index", 0) + 1.0 for r in rows]),
-        schema.URI: np.array([f"/nonexistent/{r['video_id']}.mp4" for r in rows], dtype=object),
-        schema.STATUS: np.array(["ok"] * n, dtype=object),
-        schema.EMBEDDING: np.stack([r["embedding"] for r in rows]).astype(np.float32),
-        schema.MODEL: np.array([SPEC.identity()] * n, dtype=object),
-        schema.SIGNATURE: np.array(["planted"] * n, dtype=object),
-        schema.NUM_FRAMES: np.full(n, 4, np.int32),
-        schema.FRAME_INDICES: np.tile(np.arange(4, dtype=np.int32), (n, 1)),
-        "caption": np.array([r.get("caption", "clip") for r in rows], dtype=object),
-        "category": np.array([r.get("category", "news") for r in rows], dtype=object),
-    }
+    batch = pa.table(
+        {
+            schema.VIDEO_ID: [r["video_id"] for r in rows],
+            schema.CLIP_INDEX: pa.array([r.get("clip_index", 0) for r in rows], pa.int32()),
+            schema.CLIP_START_S: [r.get("clip_index", 0) * 1.0 for r in rows],
+            schema.CLIP_END_S: [r.get("clip_index", 0) + 1.0 for r in rows],
+            schema.URI: [f"/nonexistent/{r['video_id']}.mp4" for r in rows],
+            schema.STATUS: ["ok"] * n,
+            schema.EMBEDDING: schema.fixed_size_list(
+                np.stack([r["embedding"] for r in rows]).astype(np.float32)
+            ),
+            schema.MODEL: [SPEC.identity()] * n,
+            schema.SIGNATURE: ["planted"] * n,
+            schema.NUM_FRAMES: pa.array([4] * n, pa.int32()),
+            schema.FRAME_INDICES: pa.array([list(range(4))] * n, pa.list_(pa.int32())),
+            "caption": [r.get("caption", "clip") for r in rows],
+            "category": [r.get("category", "news") for r in rows],
+        }
+    )
     with LanceSink(SinkConfig(db_uri=db, table=table, metadata_fields=META)) as sink:
         sink.write(batch)
 
@@ -182,7 +190,11 @@ def test_similar_takes_any_video_id(tmp_path, odd):
     [
         (lambda s: s.text(""), "empty"),
         (lambda s: s.text("   \n"), "empty"),
-        (lambda s: s.text(QUERY, k=0), "k must be a positive integer"),
+        (lambda s: s.text(QUERY, k=0), "k must be an integer from 1 to 10000"),
+        (lambda s: s.text(QUERY, k=2**31), "k must be an integer from 1 to 10000"),
+        (lambda s: s.similar("v0", k=10_001), "k must be an integer from 1 to 10000"),
+        (lambda s: s.text(QUERY, where="category = 'a'; category = 'b'"), "one SQL expression"),
+        (lambda s: s.similar("v0", where="category = 'a';"), "';' would end it"),
         (lambda s: s.text(QUERY, rerank=True, rerank_k=0), "rerank_k"),
         (lambda s: s.similar("nope"), "unknown video_id 'nope'"),
         (lambda s: s.similar("v0", k=-1), "k must be"),
@@ -293,7 +305,7 @@ def test_video_query_goes_through_the_pipeline_decode_and_model(tmp_path):
             "category": ["a", "b"],
         }
     )
-    stage = EmbedStage(EmbedConfig(model=SPEC, signature_extra=signature_inputs(decode)))
+    stage = EmbedStage(EmbedConfig(model=SPEC, signature_extra=decode.signature_inputs()))
     rows = stage(DecodeStage(decode).decode_batch(manifest))
     db = str(tmp_path / "db")
     with LanceSink(SinkConfig(db_uri=db, metadata_fields=META)) as sink:
@@ -305,8 +317,11 @@ def test_video_query_goes_through_the_pipeline_decode_and_model(tmp_path):
     assert single["clip_id"].to_pylist() == ["q0#00000"]
     assert single["score"][0].as_py() == pytest.approx(1.0, abs=1e-5)
     assert sorted(out["clip_id"].to_pylist()) == ["q0#00000", "q1#00000", "q1#00001"]
-    ids = [schema.clip_id(v, i) for v, i in zip(rows["video_id"], rows["clip_index"], strict=True)]
-    emb = dict(zip(ids, rows["embedding"], strict=True))
+    ids = [
+        schema.clip_id(v, i)
+        for v, i in zip(rows["video_id"].to_pylist(), rows["clip_index"].to_pylist(), strict=True)
+    ]
+    emb = dict(zip(ids, np.stack(rows["embedding"].to_numpy(zero_copy_only=False)), strict=True))
     mean = unit(emb["q1#00000"] + emb["q1#00001"])
     expected = [float(emb[c] @ mean) for c in out["clip_id"].to_pylist()]
     np.testing.assert_allclose(out["score"].to_numpy(), expected, atol=1e-4)
@@ -354,15 +369,15 @@ def test_decode_settings_of_the_latest_run_are_reproduced(tmp_path):
         decode=decode,
         embed=EmbedConfig(model=SPEC),
     )
-    runs = f"{db}/_vidcat/videos/runs"
-    write_json(f"{runs}/20260101T000000Z-old.config.json", {"decode": {}, "s3": {}}, s3)
-    write_json(f"{runs}/20260102T000000Z-new.config.json", run.to_dict(), s3)
-    assert query.decode_config_of_runs(db, "videos", S3Config()) == decode
+    runs = RunFiles(db, "videos", s3)
+    runs.write_config("20260101T000000Z-old", {"decode": {}, "s3": {}})
+    runs.write_config("20260102T000000Z-new", run.to_dict())
+    assert DecodeConfig(**RunFiles(db, "videos").latest_decode_settings()) == decode
     assert CatalogSearch(db).decode == decode
     # A new DecodeConfig field must be classified: reproduced, or deliberately not.
     local_only = {"temp_dir", "fault_injection", "allowed_roots", "base_dir", "s3"}
     fields = {f.name for f in dataclasses.fields(DecodeConfig)}
-    assert fields - local_only == set(query.RUN_DECODE_FIELDS)
+    assert fields - local_only == set(RUN_DECODE_FIELDS)
 
 
 # ---- CLI --------------------------------------------------------------------------------
@@ -413,11 +428,18 @@ def test_cli_errors_exit_2(planted, capsys):
     assert main(["text", QUERY, "--db", db, "--k", "0"]) == 2
 
 
-def test_cli_module_entry_point(planted):
-    env = {**os.environ, "PYTHONPATH": ROOT}
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        [os.path.join(os.path.dirname(sys.executable), "vidcat"), "query"],
+        [sys.executable, os.path.join(ROOT, "jobs", "query.py")],
+    ],
+    ids=["vidcat", "script"],
+)
+def test_cli_entry_points(planted, cmd, tmp_path):
+    """`vidcat query` and `python jobs/query.py` run the same code, from any directory."""
     args = ["similar", "v2", "--db", planted[0], "--format", "json", "--k", "2"]
-    cmd = [sys.executable, "-m", "pipeline.query", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    done = subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)) == 2
 
@@ -438,7 +460,7 @@ def test_cli_s3_options_default_to_the_aws_environment(planted, monkeypatch, cap
     AWS_ENDPOINT_URL and AWS_REGION, and both reach the storage options."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
-    args = query.build_parser().parse_args(["similar", "v1", "--db", planted[0]])
+    args = query_cli.build_parser().parse_args(["similar", "v1", "--db", planted[0]])
     assert (args.s3_endpoint_url, args.s3_region) == ("http://127.0.0.1:9", "eu-west-1")
     seen = []
 
@@ -446,6 +468,9 @@ def test_cli_s3_options_default_to_the_aws_environment(planted, monkeypatch, cap
         seen.append(storage_options)
         raise QueryError("stop")
 
-    monkeypatch.setattr(query, "CatalogSearch", opened)
+    monkeypatch.setattr(query_cli, "CatalogSearch", opened)
     assert main(["similar", "v1", "--db", planted[0], "--s3-region", "us-west-2"]) == 2
-    assert seen == [{"endpoint": "http://127.0.0.1:9", "allow_http": "true", "region": "us-west-2"}]
+    retries = {"client_max_retries": "4", "client_retry_timeout": "180"}
+    assert seen == [
+        {"endpoint": "http://127.0.0.1:9", "allow_http": "true", "region": "us-west-2", **retries}
+    ]

@@ -8,13 +8,15 @@ import pyarrow.compute as pc
 import pytest
 
 from pipeline import schema
+from pipeline.build import rows_per_block
+from pipeline.compat import dataset_from_refs
+from pipeline.manifest import fnv1a64
 from pipeline.refresh import (
+    Classification,
     RefreshPlan,
     _collapse_state,
-    _plan_bucket,
     block_metadata,
-    dataset_from_refs,
-    fnv1a64,
+    classify,
     hash_buckets,
 )
 
@@ -110,35 +112,31 @@ def test_rank_coded_collapse_equals_string_min_max():
     assert row["t_signature"] == "sigA" and row["t_version"] == "7"
 
 
-def _bucket(ray_cluster, m: pa.Table, s: pa.Table | None = None, e: pa.Table | None = None,
-            version_of=None) -> RefreshPlan:  # fmt: skip
-    """Plan one bucket in incremental mode, with the run signature "sig"."""
+def _bucket(m: pa.Table, s: pa.Table | None = None, e: pa.Table | None = None,
+            version_of=None) -> Classification:  # fmt: skip
+    """Classify manifest rows in incremental mode, with the run signature "sig" (pure: no
+    Ray, no tables)."""
     empty_state = pa.table({c: pa.array([], pa.string()) for c in _STATE})
     empty_errors = pa.table({c: pa.array([], pa.string()) for c in _ERRORS})
-    plan = RefreshPlan(mode="incremental")
-    _plan_bucket(
-        plan,
+    return classify(
         m,
         empty_state if s is None else s,
         empty_errors if e is None else e,
-        "sig",
-        "incremental",
-        False,
-        version_of,
-        (16, 4096),
+        signature="sig",
+        mode="incremental",
+        version_of=version_of,
     )
-    return plan
 
 
 _STATE = (schema.VIDEO_ID, schema.CONTENT_VERSION, schema.SIGNATURE, schema.URI)
 _ERRORS = (schema.VIDEO_ID, schema.STATUS, schema.CONTENT_VERSION, schema.SIGNATURE, schema.URI)
 
 
-def _planned_rows(ray, plan: RefreshPlan) -> pa.Table:
-    return pa.concat_tables([ray.get(ref) for ref, _, _ in plan.embed_refs])
+def _planned_rows(m: pa.Table, found: Classification) -> pa.Table:
+    return m.take(found.embed)
 
 
-def test_nested_metadata_columns_reach_the_rows_to_embed(ray_cluster):
+def test_nested_metadata_columns_reach_the_rows_to_embed():
     """Arrow cannot join list/struct/map columns: only keys are joined, rows are taken."""
     m = pa.table(
         {
@@ -158,16 +156,16 @@ def test_nested_metadata_columns_reach_the_rows_to_embed(ray_cluster):
             schema.URI: ["s3://x/a.mp4"],
         }
     )
-    plan = _bucket(ray_cluster, m, s, version_of=lambda uris: ["etag-a"] * len(uris))
+    plan = _bucket(m, s, version_of=lambda uris: ["etag-a"] * len(uris))
     assert (plan.new, plan.skipped) == (2, 1)
-    rows = _planned_rows(ray_cluster, plan)
+    rows = _planned_rows(m, plan)
     assert rows.schema == m.schema
     assert (
         rows.to_pylist() == m.filter(pc.is_in(m[schema.VIDEO_ID], pa.array(["b", "c"]))).to_pylist()
     )
 
 
-def test_empty_manifest_version_is_looked_up_like_a_missing_one(ray_cluster):
+def test_empty_manifest_version_is_looked_up_like_a_missing_one():
     """Decode records the ETag for `version == ""`; the plan compares against the same."""
     m = pa.table({schema.VIDEO_ID: ["a"], schema.URI: ["s3://x/a.mp4"], schema.VERSION: [""]})
     s = pa.table(
@@ -179,9 +177,9 @@ def test_empty_manifest_version_is_looked_up_like_a_missing_one(ray_cluster):
         }
     )
     asked = []
-    unchanged = _bucket(ray_cluster, m, s, version_of=lambda uris: asked.extend(uris) or ["etag-1"])
+    unchanged = _bucket(m, s, version_of=lambda uris: asked.extend(uris) or ["etag-1"])
     assert (unchanged.skipped, unchanged.changed, asked) == (1, 0, ["s3://x/a.mp4"])
-    changed = _bucket(ray_cluster, m, s, version_of=lambda uris: ["etag-2"])
+    changed = _bucket(m, s, version_of=lambda uris: ["etag-2"])
     assert (changed.skipped, changed.changed) == (0, 1)
 
 
@@ -189,7 +187,7 @@ def test_empty_manifest_version_is_looked_up_like_a_missing_one(ray_cluster):
     ("status", "retried"),
     [("embed_error", True), ("timeout", True), ("fetch_error", True), ("decode_error", False)],
 )
-def test_transient_failures_are_retried_deterministic_ones_skipped(ray_cluster, status, retried):
+def test_transient_failures_are_retried_deterministic_ones_skipped(status, retried):
     m = pa.table({schema.VIDEO_ID: ["a"], schema.URI: ["s3://x/a.mp4"], schema.VERSION: ["1"]})
     e = pa.table(
         {
@@ -200,11 +198,11 @@ def test_transient_failures_are_retried_deterministic_ones_skipped(ray_cluster, 
             schema.URI: ["s3://x/a.mp4"],
         }
     )
-    plan = _bucket(ray_cluster, m, e=e)
+    plan = _bucket(m, e=e)
     assert (plan.retried, plan.skipped) == ((1, 0) if retried else (0, 1))
 
 
-def test_an_edited_range_is_a_change(ray_cluster):
+def test_an_edited_range_is_a_change():
     """Decode records `version#t=start,end` for a restricted row; the plan compares the same,
     so trimming a row's range re-embeds it and an untouched row is skipped."""
     s = pa.table(
@@ -227,11 +225,11 @@ def test_an_edited_range_is_a_change(ray_cluster):
             }
         )
 
-    same = _bucket(ray_cluster, manifest(20.0, None), s)
+    same = _bucket(manifest(20.0, None), s)
     assert (same.skipped, same.changed) == (3, 0)
-    edited = _bucket(ray_cluster, manifest(25.0, 3.0), s)
+    edited = _bucket(manifest(25.0, 3.0), s)
     assert (edited.skipped, edited.changed) == (1, 2)
-    rows = _planned_rows(ray_cluster, edited)
+    rows = _planned_rows(manifest(25.0, 3.0), edited)
     assert sorted(rows[schema.VIDEO_ID].to_pylist()) == ["a", "c"]
 
 
@@ -249,7 +247,8 @@ def test_blocks_follow_the_rows_to_embed_not_the_manifest_size(ray_cluster):
         plan = RefreshPlan(mode="full")
         empty = pa.table({c: pa.array([], pa.string()) for c in _STATE})
         errors = pa.table({c: pa.array([], pa.string()) for c in _ERRORS})
-        _plan_bucket(plan, m, empty, errors, "sig", "full", False, None, blocks)
+        found = classify(m, empty, errors, signature="sig", mode="full")
+        plan.add(found, m, rows_per_block(len(found.embed), *blocks))
         assert sum(n for _, n, _ in plan.embed_refs) == 100
         return [n for _, n, _ in plan.embed_refs]
 

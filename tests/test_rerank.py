@@ -11,11 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from models.internvideo2.tokenizer import tokenize
+from models.internvideo2.tokenizer import tiny_tokenizer, tokenize
 from pipeline import schema
 from pipeline.decode import DecodeConfig, DecodeStage
-from pipeline.embed import EmbedConfig, EmbedStage, ModelSpec
-from pipeline.query import CatalogSearch, tiny_tokenizer
+from pipeline.embed import EmbedConfig, EmbedStage
+from pipeline.models import ModelSpec
+from pipeline.query import CatalogSearch
 from pipeline.rerank import (
     CANDIDATE_COLUMNS,
     RerankConfig,
@@ -25,10 +26,10 @@ from pipeline.rerank import (
     order_by_match,
     read_stored_tokens,
 )
-from pipeline.runner import RunConfig, signature_inputs
+from pipeline.runner import RunConfig
+from pipeline.runs import RunFiles
 from pipeline.sample_catalog import make_sample_catalog
 from pipeline.sink import LanceSink, SinkConfig
-from pipeline.storage import write_json
 
 SPEC = ModelSpec(model="tiny-random")
 QUERY = "a red circle moving up on a blue background"
@@ -57,29 +58,31 @@ def text_features(model):
     return emb[0].numpy(), hidden, mask
 
 
-def planted_batch(n: int, seed: int, tokens: dict[str, torch.Tensor] | None = None) -> dict:
+def planted_batch(n: int, seed: int, tokens: dict[str, torch.Tensor] | None = None) -> pa.Table:
     rng = np.random.default_rng(seed)
     ids = [f"p{i}" for i in range(n)]
-    batch = {
-        schema.VIDEO_ID: np.array(ids, dtype=object),
-        schema.CLIP_INDEX: np.zeros(n, np.int32),
-        schema.CLIP_START_S: np.zeros(n),
-        schema.CLIP_END_S: np.ones(n),
-        schema.URI: np.array([f"/nonexistent/{v}.mp4" for v in ids], dtype=object),
-        schema.STATUS: np.array(["ok"] * n, dtype=object),
-        schema.EMBEDDING: unit(rng.normal(size=(n, 512))),
-        schema.MODEL: np.array([SPEC.identity()] * n, dtype=object),
-        schema.SIGNATURE: np.array(["planted"] * n, dtype=object),
-        schema.NUM_FRAMES: np.full(n, 4, np.int32),
-        schema.FRAME_INDICES: np.tile(np.arange(4, dtype=np.int32), (n, 1)),
-        "caption": np.array(["clip"] * n, dtype=object),
-        "category": np.array(["sports" if i % 2 else "news" for i in range(n)], dtype=object),
-    }
+    batch = pa.table(
+        {
+            schema.VIDEO_ID: ids,
+            schema.CLIP_INDEX: pa.array([0] * n, pa.int32()),
+            schema.CLIP_START_S: [0.0] * n,
+            schema.CLIP_END_S: [1.0] * n,
+            schema.URI: [f"/nonexistent/{v}.mp4" for v in ids],
+            schema.STATUS: ["ok"] * n,
+            schema.EMBEDDING: schema.fixed_size_list(unit(rng.normal(size=(n, 512)))),
+            schema.MODEL: [SPEC.identity()] * n,
+            schema.SIGNATURE: ["planted"] * n,
+            schema.NUM_FRAMES: pa.array([4] * n, pa.int32()),
+            schema.FRAME_INDICES: pa.array([list(range(4))] * n, pa.list_(pa.int32())),
+            "caption": ["clip"] * n,
+            "category": ["sports" if i % 2 else "news" for i in range(n)],
+        }
+    )
     if tokens is not None:
-        batch[schema.VISION_TOKENS] = np.array(
-            [bf16_bytes(tokens[f"{v}#00000"]) for v in ids], dtype=object
-        )
-        batch[schema.VISION_TOKENS_SHAPE] = np.tile(np.array(TOKENS_SHAPE, np.int32), (n, 1))
+        raw = [bf16_bytes(tokens[f"{v}#00000"]) for v in ids]
+        batch = batch.append_column(schema.VISION_TOKENS, pa.array(raw, pa.large_binary()))
+        shapes = pa.array([list(TOKENS_SHAPE)] * n, pa.list_(pa.int32(), 2))
+        batch = batch.append_column(schema.VISION_TOKENS_SHAPE, shapes)
     return batch
 
 
@@ -200,10 +203,10 @@ def catalog(tmp_path_factory):
     )
     decode = DecodeConfig(clip_seconds=1.0, allowed_roots=(str(root),), base_dir=str(root))
     embed = EmbedConfig(
-        model=SPEC, store_vision_tokens=True, signature_extra=signature_inputs(decode)
+        model=SPEC, store_vision_tokens=True, signature_extra=decode.signature_inputs()
     )
     rows = EmbedStage(embed)(DecodeStage(decode).decode_batch(pq.read_table(manifest)))
-    assert set(rows[schema.STATUS]) == {"ok"} and len(rows[schema.STATUS]) == 12
+    assert set(rows[schema.STATUS].to_pylist()) == {"ok"} and len(rows) == 12
     db = str(root / "db")
     config = SinkConfig(db, metadata_fields=META, store_vision_tokens=True)
     with LanceSink(config) as sink:
@@ -216,9 +219,7 @@ def catalog(tmp_path_factory):
         decode=decode,
         embed=EmbedConfig(model=SPEC),
     )
-    write_json(
-        f"{db}/_vidcat/videos/runs/20260101T000000Z-abcdef.config.json", run.to_dict(), run.s3
-    )
+    RunFiles(db, "videos", run.s3).write_config("20260101T000000Z-abcdef", run.to_dict())
     # decode=None: the settings come from the run config, relative URIs resolve too.
     with CatalogSearch(db, model=SPEC, rerank_tokens="recompute") as recompute:
         assert recompute.decode == decode

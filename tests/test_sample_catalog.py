@@ -12,10 +12,11 @@ import pytest
 
 from jobs import make_sample_catalog as job
 from pipeline import sample_catalog, schema
-from pipeline._decode_worker import decode_path
-from pipeline.decode import DecodeConfig, S3Config
+from pipeline.decode import DecodeConfig
+from pipeline.decode.child import decode_path
 from pipeline.sample_catalog import make_sample_catalog, render_frames, sample_videos
 from pipeline.schema import Status
+from pipeline.storage import S3Config
 from pipeline.uris import resolve_uri
 
 SMALL = {"num_videos": 4, "seconds": 0.8, "width": 64, "height": 48, "fps": 10}
@@ -95,12 +96,19 @@ def test_s3_output(s3_bucket):
 def test_job_cli(tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["--num-videos", "2", "--seconds", "0.5", "--size", "32x32", "--fps", "8"]
-    manifest = job.main(["--out", str(out), *args, "--absolute-uris"])
-    assert capsys.readouterr().out.strip() == manifest == str(out / "manifest.parquet")
+    assert job.main(["--out", str(out), *args, "--absolute-uris"]) == 0
+    manifest = capsys.readouterr().out.strip()  # the manifest alone on stdout
+    assert manifest == str(out / "manifest.parquet")
     assert all(os.path.isabs(u) for u in pq.read_table(manifest)[schema.URI].to_pylist())
     assert (out / "sample_catalog.json").exists()
     for bad in (["--help"], ["--out", str(out), "--size", "big"]):
         with pytest.raises(SystemExit):
             job.main(bad)
+    # Invalid sizes or endpoints are `error: ...` and exit 2, not a traceback.
+    capsys.readouterr()
+    assert job.main(["--out", str(out), "--num-videos", "0"]) == 2
+    assert job.main(["--out", "s3://b/x", "--s3-endpoint-url", "minio:9000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err)
     with pytest.raises(ValueError):
         make_sample_catalog(str(out), num_videos=0)

@@ -9,8 +9,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from pipeline.decode import S3Config
-from pipeline.storage import check_db_uri, filesystem_for, read_json, write_json
+from pipeline.storage import S3Config, check_db_uri, filesystem_for, read_json, write_json
 
 
 @pytest.mark.parametrize("uri", ["db", "/data/db", "/data/50%off", "file:///data/db", "s3://b/db"])

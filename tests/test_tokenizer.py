@@ -53,3 +53,27 @@ def test_offline_without_local_copy_is_a_clear_error(monkeypatch, tmp_path, no_n
     with pytest.raises(TokenizerError, match="local copy"):
         load_tokenizer("bert-large-uncased")
     assert no_network == []
+
+
+def test_same_ids_as_transformers_bert_tokenizer(tmp_path):
+    """The fast tokenizer splits text exactly like transformers' BertTokenizer, which the
+    reference evaluation uses: punctuation, accents, case, unknown words, truncation."""
+    from transformers import BertTokenizer
+
+    words = ["a", "red", "square", "dog", "##s", "cafe", "run", "##ning", "!", ","]
+    vocab = write_vocab(tmp_path / "vocab.txt", words)
+    lines = vocab.read_text().splitlines()
+    reference = BertTokenizer(vocab={w: i for i, w in enumerate(lines)}, do_lower_case=True)
+    texts = [
+        "A RED Square!",
+        "dogs, Café running",
+        "zebra\tquokka  \n naïve",
+        "dog " * 60,
+        "  a  ",
+    ]
+    ours_ids, ours_mask = tokenize(load_tokenizer(vocab), texts, max_length=16)
+    enc = reference(
+        texts, padding="max_length", truncation=True, max_length=16, return_tensors="pt"
+    )
+    assert ours_ids.tolist() == enc["input_ids"].tolist()
+    assert ours_mask.tolist() == enc["attention_mask"].tolist()

@@ -16,6 +16,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,11 +73,26 @@ class LoadReport:
 # ---- locating the file ------------------------------------------------------------------
 
 
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """vidcat's cache directory: `cache_dir`, else `$VIDCAT_CACHE`, else `~/.cache/vidcat`."""
+    return Path(cache_dir or os.environ.get("VIDCAT_CACHE", Path.home() / ".cache" / "vidcat"))
+
+
+def _s3_client(s3: Any) -> Any:
+    """A boto3 client from `s3` (a `pipeline.storage.S3Config`: endpoint, region, anonymous
+    access and retries are set there), or from the default config."""
+    if s3 is None:
+        from pipeline.storage import S3Config
+
+        s3 = S3Config()
+    return s3.client()
+
+
 def resolve_checkpoint(
     checkpoint: str | os.PathLike,
     *,
     cache_dir: str | os.PathLike | None = None,
-    s3_endpoint_url: str | None = None,
+    s3: Any = None,
 ) -> Path:
     """Return a local path for `checkpoint`.
 
@@ -85,13 +101,14 @@ def resolve_checkpoint(
             `cache_dir`, credentials from the standard AWS chain); or a Hugging Face repo
             id, optionally pinned as `repo@revision` (a commit sha in production), whose
             file is `InternVideo2-stage2_1b-224p-f4.pt`.
-        cache_dir: where remote checkpoints are kept (default `~/.cache/vidcat`).
-        s3_endpoint_url: explicit S3 endpoint (MinIO, moto, a VPC endpoint).
+        cache_dir: where remote checkpoints are kept (default :func:`cache_root`).
+        s3: a `pipeline.storage.S3Config` for `s3://` checkpoints (endpoint, region,
+            anonymous access, retries); None: the default AWS settings.
     """
     text = os.fspath(checkpoint)
-    cache = Path(cache_dir or os.environ.get("VIDCAT_CACHE", Path.home() / ".cache" / "vidcat"))
+    cache = cache_root(cache_dir)
     if text.startswith("s3://"):
-        return _download_s3(text, cache, s3_endpoint_url)
+        return _download_s3(text, cache, s3)
     local = Path(text.removeprefix("file://")).expanduser()
     if local.exists():
         return local
@@ -112,13 +129,11 @@ def _is_hub_id(text: str) -> bool:
     )
 
 
-def _download_s3(uri: str, cache: Path, endpoint_url: str | None) -> Path:
-    import boto3  # deferred: only remote checkpoints need it
-
+def _download_s3(uri: str, cache: Path, s3: Any) -> Path:
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     if not bucket or not key or "@" in bucket:
         raise CheckpointError("malformed s3 checkpoint URI (expected s3://bucket/key)")
-    client = boto3.client("s3", endpoint_url=endpoint_url)
+    client = _s3_client(s3)
     try:
         etag = client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
     except Exception as exc:  # botocore raises many types; the message has no secrets
@@ -156,24 +171,19 @@ def _download_hub(repo_spec: str, cache: Path) -> Path:
     return Path(path)
 
 
-def checkpoint_identity(
-    checkpoint: str | os.PathLike, *, s3_endpoint_url: str | None = None
-) -> str:
+def checkpoint_identity(checkpoint: str | os.PathLike, *, s3: Any = None) -> str:
     """A content identity for `checkpoint` that never downloads the weights.
 
-    Local files: their sha256 (cached beside them). `s3://`: the object's ETag. Hub ids:
+    Local files: their sha256 (cached in the user's cache directory). `s3://`: the
+    object's ETag. Hub ids:
     the commit sha (`repo@<40-hex sha>` is taken as given; other revisions are resolved
     through the hub API, which needs network).
     """
     text = os.fspath(checkpoint)
     if text.startswith("s3://"):
-        import boto3
-
         bucket, _, key = text.removeprefix("s3://").partition("/")
         try:
-            head = boto3.client("s3", endpoint_url=s3_endpoint_url).head_object(
-                Bucket=bucket, Key=key
-            )
+            head = _s3_client(s3).head_object(Bucket=bucket, Key=key)
         except Exception as exc:
             raise CheckpointError(f"cannot read s3://{bucket}/{key}: {exc}") from exc
         return f"s3etag:{head['ETag'].strip(chr(34))}"
@@ -222,17 +232,27 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return obj
 
 
-def file_digest(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
-    """`sha256:<hex>` of a file, cached beside it by size and mtime (a 2.8 GB hash takes ~10 s)."""
-    p = Path(path)
+def file_digest(
+    path: str | os.PathLike, chunk: int = 1 << 24, *, cache_dir: str | os.PathLike | None = None
+) -> str:
+    """`sha256:<hex>` of a file (a 2.8 GB hash takes ~10 s).
+
+    Cached in the user's cache directory (:func:`cache_root`/`digests`), keyed by the file's
+    absolute path, size and mtime: reading weights never writes beside them (a model
+    directory may be read-only, or someone else's). A cache that cannot be written is
+    skipped.
+    """
+    p = Path(path).resolve()
     st = p.stat()
-    sidecar = p.with_name(p.name + ".sha256.json")
-    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    stamp = {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    entry = (
+        cache_root(cache_dir) / "digests" / (hashlib.sha256(str(p).encode()).hexdigest() + ".json")
+    )
     try:
-        cached = json.loads(sidecar.read_text())
+        cached = json.loads(entry.read_text())
         if {k: cached.get(k) for k in stamp} == stamp:
             return cached["digest"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, AttributeError):
         pass
     h = hashlib.sha256()
     with open(p, "rb") as f:
@@ -240,9 +260,12 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
             h.update(block)
     digest = f"sha256:{h.hexdigest()}"
     try:
-        sidecar.write_text(json.dumps({**stamp, "digest": digest}))
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**stamp, "digest": digest}))
+        os.replace(tmp, entry)
     except OSError:
-        logger.debug("cannot cache the digest beside %s", p)
+        logger.debug("cannot cache the digest of %s in %s", p, entry.parent)
     return digest
 
 
@@ -384,7 +407,7 @@ def load_internvideo2(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     *,
-    s3_endpoint_url: str | None = None,
+    s3: Any = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> InternVideo2:
     """Load a stage-2 checkpoint into a frozen, eval-mode :class:`InternVideo2`.
@@ -405,7 +428,7 @@ def load_internvideo2(
     t = config.vision.num_frames
     if t != 1 and not 4 <= t <= 16:
         logger.warning("num_frames=%d is outside the range 4-16 the model was evaluated on", t)
-    path = resolve_checkpoint(checkpoint, cache_dir=cache_dir, s3_endpoint_url=s3_endpoint_url)
+    path = resolve_checkpoint(checkpoint, cache_dir=cache_dir, s3=s3)
     state_dict = read_state_dict(path)
     with torch.device("meta"):
         model = InternVideo2(config)
@@ -420,7 +443,7 @@ def load_internvideo2(
         report.interpolated or "nothing",
         report.source_dtypes,
     )
-    model.checkpoint_digest = file_digest(path)
+    model.checkpoint_digest = file_digest(path, cache_dir=cache_dir)
     model.load_report = report
     return _freeze(model)
 
@@ -447,6 +470,5 @@ def random_internvideo2(
                 p.normal_(1.0, 0.02, generator=gen)
             else:
                 p.normal_(0.0, 0.02, generator=gen)
-    cfg_hash = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
-    model.checkpoint_digest = f"random:seed{seed}:{cfg_hash[:12]}"
+    model.checkpoint_digest = config.random_digest(seed)
     return _freeze(model.to(device=device, dtype=dtype))

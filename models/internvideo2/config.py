@@ -7,8 +7,10 @@ Field names follow the reference implementation's `config.json` layout (see
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 #: Name of the official checkpoint these defaults describe.
 STAGE2_1B_NAME = "InternVideo2-Stage2_1B-224p-f4"
+#: Name of the small random test model (`InternVideo2Config.tiny_random`).
+TINY_RANDOM = "tiny-random"
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,18 @@ class InternVideo2Config:
             max_position_embeddings=64,
             fusion_layer=2,
         )
-        return cls(vision=vision, text=text, embed_dim=512, name="tiny-random")
+        return cls(vision=vision, text=text, embed_dim=512, name=TINY_RANDOM)
+
+    def random_digest(self, seed: int) -> str:
+        """`random:seed<seed>:<config hash>`: the weights identity of a random model."""
+        cfg = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return f"random:seed{seed}:{hashlib.sha256(cfg).hexdigest()[:12]}"
+
+    @staticmethod
+    def seed_of_random_digest(digest: str) -> int | None:
+        """The seed named by a :meth:`random_digest`, None for another digest."""
+        match = re.fullmatch(r"random:seed(\d+):[0-9a-f]+", digest)
+        return int(match.group(1)) if match else None
 
     def with_num_frames(self, num_frames: int) -> InternVideo2Config:
         return dataclasses.replace(

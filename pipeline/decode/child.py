@@ -1,6 +1,6 @@
 """The decode child: probe with PyAV, decode with decord or PyAV (each the other's fallback).
 
-Run by :class:`pipeline.decode.IsolatedDecoder` as `python -m pipeline._decode_worker`; it
+Run by :class:`pipeline.decode.IsolatedDecoder` as `python -m pipeline.decode.child`; it
 serves one job at a time over stdin/stdout until stdin closes. Everything that parses
 untrusted bytes happens here, under `RLIMIT_DATA`, so a decoder bug costs this process only.
 
@@ -41,7 +41,13 @@ from models.internvideo2.preprocess import (
     resize_frames,
     window_frame_indices,
 )
-from pipeline.decode import ALLOCATION_FAILURES, read_message, write_message
+from pipeline.decode.protocol import (
+    ALLOCATION_FAILURES,
+    MIN_CLIP_STRIDE_S,
+    describe,
+    read_message,
+    write_message,
+)
 from pipeline.schema import Status
 
 #: Demuxers FFmpeg may pick. Playlist and concat demuxers (hls, concat) could open other
@@ -49,7 +55,7 @@ from pipeline.schema import Status
 DEMUXERS = "mov,mp4,matroska,webm,avi,mpegts,mpeg,flv,asf,ogg"
 PROBE_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": DEMUXERS}
 #: A trailing window shorter than this is dropped, unless it is the video's only clip.
-MIN_TAIL_CLIP_S = 1.0
+MIN_TAIL_CLIP_S = MIN_CLIP_STRIDE_S
 #: The PyAV fallback seeks when the next wanted frame is further ahead than this.
 _SEEK_AHEAD_S = 2.0
 
@@ -184,7 +190,7 @@ def decode_path(
             except (DecodeFailure, MemoryError):
                 raise
             except Exception as exc:  # this decoder cannot read the file; try the other
-                errors.append(f"{decoder}: {_describe(exc)}")
+                errors.append(f"{decoder}: {describe(exc, 500)}")
         else:
             message = "; ".join(errors)
             if any(mark in message for mark in ALLOCATION_FAILURES):
@@ -315,10 +321,6 @@ def _empty_frames(num_clips: int, params: dict) -> np.ndarray:
 def _failure(status: Status, message: str) -> tuple[dict[str, Any], np.ndarray]:
     header = {"status": status.value, "message": message[:2000], "decoder": ""}
     return header, np.empty(0, np.uint8)
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 def _inject_fault(fault: str | None) -> None:
