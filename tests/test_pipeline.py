@@ -126,6 +126,10 @@ def test_every_bad_input_gives_exactly_one_error_row_and_good_rows_land(
     for e in errors:
         assert e["status"] == expected[e["video_id"]], e
         assert SECRET not in e["uri"] and SECRET not in (e["message"] or "")
+        # Unknown is null, never "": no decoder ran on a rejected URI, nor was it fetched.
+        assert e["decoder"] in (None, "decord", "pyav") and e["content_version"] != "", e
+        if e["status"] == "uri_rejected":
+            assert e["decoder"] is None and e["content_version"] is None, e
     assert SECRET not in str(report)
     assert report.counts.failed_by_status["uri_rejected"] == 4
     assert report.counts.videos_processed == len(expected) + len(embedded)
