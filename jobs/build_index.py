@@ -5,7 +5,8 @@ job forces a full rebuild, e.g. after changing `IndexConfig` or loading a big ba
 
     vidcat index --db s3://bucket/lancedb [--table videos]
 
-The index report (JSON) goes to stdout; errors to stderr (`error: …`, exit 2).
+The index report (JSON) goes to stdout; errors to stderr (`error: …`, exit 2; exit 4 when
+another writer holds the table's lease). The build holds the lease.
 """
 
 from __future__ import annotations
@@ -14,9 +15,20 @@ import argparse
 import json
 import sys
 
-from jobs.common import UsageError, add_s3_arguments, fail, s3_config, setup_logging
+from jobs.common import (
+    UsageError,
+    add_lease_arguments,
+    add_s3_arguments,
+    fail,
+    lease_config,
+    lease_held,
+    s3_config,
+    setup_logging,
+)
 from pipeline.db import DatabaseNotFound, StoreError, TableSchemaError, open_table
 from pipeline.index import INDEX_TYPES, IndexConfig, build_index
+from pipeline.lease import Lease, LeaseHeld
+from pipeline.runs import new_run_id
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -40,15 +52,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "--keep-existing", action="store_true", help="only build indices that do not exist yet"
     )
     add_s3_arguments(p)
+    add_lease_arguments(p)
     args = p.parse_args(argv)
     setup_logging()
     try:
-        options = s3_config(args).storage_options()
+        s3 = s3_config(args)
         config = IndexConfig.preset(args.index_type, min_rows_for_index=args.min_rows)
-        table = open_table(args.db, args.table, options)
+        table = open_table(args.db, args.table, s3.storage_options())
+        owner = new_run_id("index")
+        with Lease(args.db, args.table, owner, "index build", s3, lease_config(args)):
+            report = build_index(table, config, replace=not args.keep_existing)
     except (UsageError, DatabaseNotFound, StoreError, TableSchemaError, ValueError) as exc:
         return fail(exc)
-    print(json.dumps(build_index(table, config, replace=not args.keep_existing), indent=2))
+    except LeaseHeld as exc:
+        return lease_held(exc)
+    print(json.dumps(report, indent=2))
     return 0
 
 

@@ -16,6 +16,8 @@ COMMANDS = {
     "query": ("query", "search a table by text, by catalog video or by video file"),
     "index": ("build_index", "(re)build the ANN and scalar indices of a table"),
     "rollback": ("rollback", "list refresh tags, or restore every catalog table to one"),
+    "lease": ("lease", "show who holds a table's write lease, or break it"),
+    "check": ("check_table", "verify a catalog's tables against their contract (and repair)"),
     "sample-catalog": ("make_sample_catalog", "write a synthetic catalog and its manifest"),
     "demo": ("demo", "make the sample catalog, embed it and search it"),
 }

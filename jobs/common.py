@@ -7,7 +7,8 @@ import logging
 import os
 import sys
 
-from pipeline.runs import EXIT_INVALID_INPUT
+from pipeline.lease import LeaseConfig, LeaseHeld
+from pipeline.runs import EXIT_INVALID_INPUT, EXIT_LEASE_HELD
 from pipeline.storage import S3Config
 from pipeline.uris import redact_text
 
@@ -26,6 +27,37 @@ def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--s3-region", default=os.environ.get("AWS_REGION"), help="S3 region (default: AWS's)"
     )
+
+
+def add_lease_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("table lease (one writer per table)")
+    group.add_argument(
+        "--lease-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for another writer of the table to finish, then exit 4",
+    )
+    group.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=LeaseConfig.ttl_s,
+        metavar="SECONDS",
+        help="a lease its holder stopped renewing (a killed run) expires after this",
+    )
+
+
+def lease_config(args: argparse.Namespace) -> LeaseConfig:
+    try:
+        return LeaseConfig(ttl_s=args.lease_ttl, wait_s=args.lease_wait)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def lease_held(exc: LeaseHeld) -> int:
+    """Print `error: <who holds the lease>` on stderr; returns exit code 4."""
+    fail(exc)
+    return EXIT_LEASE_HELD
 
 
 def s3_config(args: argparse.Namespace) -> S3Config:

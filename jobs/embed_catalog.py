@@ -7,9 +7,11 @@
     ray job submit --working-dir . -- python jobs/embed_catalog.py \\
         --manifest s3://bucket/manifests/ --db s3://bucket/lancedb --checkpoint s3://...
 
-Exit codes: 0 ok; 1 unexpected failure (traceback in the log); 2 invalid input
-(arguments, manifest, table schema) found before any work, nothing embedded; 3 finished
-but the failure rate exceeded --max-error-rate.
+Exit codes: 0 ok; 1 unexpected failure (traceback in the log; also a run whose table
+lease was broken or taken over, which stops committing); 2 invalid input (arguments,
+manifest, table schema) found before any work, nothing embedded; 3 finished but the
+failure rate exceeded --max-error-rate; 4 another writer holds the table's lease (named in
+the error) and --lease-wait ran out: nothing was done.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import os
 import sys
 from datetime import timedelta
 
-from jobs.common import add_s3_arguments, fail, setup_logging
+from jobs.common import add_lease_arguments, add_s3_arguments, fail, lease_held, setup_logging
 from pipeline.build import ResourceConfig
 from pipeline.db import TableSchemaError
 from pipeline.decode import DecodeConfig
 from pipeline.embed import EmbedConfig
+from pipeline.lease import LeaseConfig, LeaseHeld
 from pipeline.lifecycle import MaintenanceConfig
 from pipeline.manifest import ManifestError
 from pipeline.models import INTERNVIDEO2_1B, MODEL_NAMES, TINY_RANDOM, ModelSpec
@@ -168,6 +171,7 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
         help="clips per encoder call (default 128 on GPU, 16 on CPU)",
     )
     add_s3_arguments(p)
+    add_lease_arguments(p)
     return p.parse_args(argv)
 
 
@@ -235,6 +239,7 @@ def build_config(args: argparse.Namespace, has_gpu: bool) -> RunConfig:
             embed_batch_clips=args.batch_size or (128 if gpus else 16),
         ),
         chunk_rows=args.chunk_rows,
+        lease=LeaseConfig(ttl_s=args.lease_ttl, wait_s=args.lease_wait),
         maintenance=None
         if args.no_maintenance
         else MaintenanceConfig(retention=timedelta(days=args.retention_days)),
@@ -270,6 +275,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         # Any other error, a ValueError from Arrow or LanceDB included, may come after
         # commits: it is a failure, not invalid input.
         return fail(f"invalid input: {exc}")
+    except LeaseHeld as exc:  # another run writes the table: nothing was done
+        return lease_held(exc)
     except Exception:
         log.exception("run failed")
         return EXIT_FAILED

@@ -1,7 +1,9 @@
 """Table lifecycle after each run: compaction, index upkeep, version cleanup, tags, rollback.
 
-Every refresh ends with :func:`maintain`:
+Every refresh ends with :func:`maintain` (under the run's table lease):
 
+0. duplicate keys left by any writer are removed, each key's newest row kept
+   (:func:`pipeline.check.repair_duplicates`);
 1. the embeddings table's vector index is created once the table is large enough, new rows
    are folded into it by `optimize()` (so they are not searched by brute force forever),
    and it is retrained when the table outgrew it (`pipeline.index.update_index`);
@@ -25,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import schema
+from .check import repair_duplicates
 from .compat import compact
 from .db import open_table
 from .index import IndexConfig, update_index
@@ -82,7 +85,8 @@ def maintain(
     config = config or MaintenanceConfig()
     start = time.perf_counter()
     tables = catalog_tables(db_uri, table, storage_options)
-    report: dict[str, Any] = {"index": update_index(tables[table], config.index)}
+    report: dict[str, Any] = {"duplicates_removed": repair_duplicates(tables, table)}
+    report["index"] = update_index(tables[table], config.index)
     now = now or datetime.now(UTC)
     # Every table is tagged before any is cleaned, so a failure in the cleanup below never
     # leaves a tag that only some of the catalog's tables have (a partial rollback).

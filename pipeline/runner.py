@@ -10,7 +10,6 @@ import dataclasses
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -22,10 +21,11 @@ from . import schema
 from .build import ResourceConfig, build_dataset
 from .decode import DecodeConfig, content_version_of
 from .embed import EmbedConfig, signature
+from .lease import Lease, LeaseConfig
 from .lifecycle import MaintenanceConfig, maintain
 from .manifest import ManifestError, ManifestInfo, default_allowed_root, validate_manifest
 from .refresh import RefreshPlan, plan_refresh, stat_versions
-from .runs import Counts, RunFiles, RunReport
+from .runs import Counts, RunFiles, RunReport, new_run_id
 from .sink import LanceSink, SinkConfig
 from .storage import S3Config
 from .uris import redact_uri
@@ -56,6 +56,8 @@ class RunConfig:
     progress_seconds: float = 10.0
     #: Compaction, index upkeep, old-version cleanup and tagging after the run; None skips.
     maintenance: MaintenanceConfig | None = field(default_factory=MaintenanceConfig)
+    #: The table's write lease: held from before the plan to the report.
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_error_rate <= 1:
@@ -250,10 +252,16 @@ def run(cfg: RunConfig) -> RunReport:
     records the error and its `exit_code` is `EXIT_FAILED`; more failed videos than
     `max_error_rate` make it `EXIT_TOO_MANY_ERRORS`.
 
+    The table's lease (:mod:`pipeline.lease`) is held from before the tables are opened
+    until the report is written; every commit checks it first.
+
     Raises:
         ManifestError: the manifest is missing, unreadable or invalid; raised by
             `validate_manifest` before any table is opened (or `PruneRefused`, after the
             plan and before any work: the prune would delete too much of the catalog).
+        LeaseHeld: another writer holds the table's lease (after `cfg.lease.wait_s`);
+            nothing was done. `LeaseLost`: this run's lease was broken or taken over
+            while it ran; it stopped committing.
         TableSchemaError: an existing table (embeddings, errors or vision tokens) was
             written under another schema version or has other columns; raised while the
             tables are opened, before any row is written.
@@ -267,7 +275,7 @@ def run(cfg: RunConfig) -> RunReport:
     `exit_code`.
     """
     started_at = datetime.now(UTC)
-    run_id = started_at.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    run_id = new_run_id()
     t0 = time.perf_counter()
     info = validate_manifest(
         cfg.manifest,
@@ -289,7 +297,10 @@ def run(cfg: RunConfig) -> RunReport:
         metadata_fields=info.metadata_fields,
         store_vision_tokens=cfg.embed.store_vision_tokens,
     )
-    with LanceSink(sink_cfg) as sink:
+    with (
+        Lease(cfg.db, cfg.table, run_id, "embed run", cfg.s3, cfg.lease) as lease,
+        LanceSink(sink_cfg, guard=lease.check) as sink,
+    ):
         plan = plan_refresh(
             info,
             sink,
@@ -303,41 +314,43 @@ def run(cfg: RunConfig) -> RunReport:
         _check_prune(plan, cfg)
         progress = _stream(plan, sink, cfg, identity)
         deleted = plan.apply_prune(sink)
+        sink.close()
         table_version = sink.table_version()
-    maintenance = _maintain(cfg, sink_cfg.storage_options)
-    if maintenance and "versions" in maintenance:
-        table_version = maintenance["versions"][cfg.table]
-    counts = Counts(
-        videos_in_manifest=info.num_rows,
-        **plan.counts(),
-        deleted=deleted,
-        videos_processed=progress.videos,
-        clips_embedded=progress.clips,
-        failed_by_status={st: len(ids) for st, ids in sorted(progress.failed.items())},
-        failed=progress.failed_videos,
-    )
-    report = RunReport(
-        run_id=run_id,
-        mode=cfg.mode,
-        started_at=started_at,
-        finished_at=datetime.now(UTC),
-        manifest={"uri": info.uri, "files": len(info.paths), "videos": info.num_rows},
-        table=cfg.table,
-        model=identity,
-        signature=sig,
-        counts=counts,
-        seconds={
-            "wall": time.perf_counter() - t0,
-            "decode": progress.decode_s,
-            "embed": progress.embed_s,
-            "commit": sink.stats.commit_seconds,
-        },
-        sink=sink.stats.as_dict(),
-        table_version=table_version,
-        maintenance=maintenance,
-        max_error_rate=cfg.max_error_rate,
-    )
-    # The resolved config (roots, base dir, signature inputs): what queries read to
-    # re-decode clips exactly as this run did.
-    RunFiles(cfg.db, cfg.table, cfg.s3).write(report, cfg.to_dict())
+        lease.check()
+        maintenance = _maintain(cfg, sink_cfg.storage_options)
+        if maintenance and "versions" in maintenance:
+            table_version = maintenance["versions"][cfg.table]
+        counts = Counts(
+            videos_in_manifest=info.num_rows,
+            **plan.counts(),
+            deleted=deleted,
+            videos_processed=progress.videos,
+            clips_embedded=progress.clips,
+            failed_by_status={st: len(ids) for st, ids in sorted(progress.failed.items())},
+            failed=progress.failed_videos,
+        )
+        report = RunReport(
+            run_id=run_id,
+            mode=cfg.mode,
+            started_at=started_at,
+            finished_at=datetime.now(UTC),
+            manifest={"uri": info.uri, "files": len(info.paths), "videos": info.num_rows},
+            table=cfg.table,
+            model=identity,
+            signature=sig,
+            counts=counts,
+            seconds={
+                "wall": time.perf_counter() - t0,
+                "decode": progress.decode_s,
+                "embed": progress.embed_s,
+                "commit": sink.stats.commit_seconds,
+            },
+            sink=sink.stats.as_dict(),
+            table_version=table_version,
+            maintenance=maintenance,
+            max_error_rate=cfg.max_error_rate,
+        )
+        # The resolved config (roots, base dir, signature inputs): what queries read to
+        # re-decode clips exactly as this run did.
+        RunFiles(cfg.db, cfg.table, cfg.s3).write(report, cfg.to_dict())
     return report

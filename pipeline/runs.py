@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -27,6 +28,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # unexpected error (crash, cluster unavailable)
 EXIT_INVALID_INPUT = 2  # invalid manifest, arguments or table schema: nothing was embedded
 EXIT_TOO_MANY_ERRORS = 3  # finished, but the failure rate exceeded --max-error-rate
+EXIT_LEASE_HELD = 4  # another writer holds the table's lease: nothing was done
+EXIT_CHECK_FAILED = 5  # `vidcat check` found a broken invariant
 
 #: `DecodeConfig` fields of a run that decide which frames a clip gets or whether its decode
 #: succeeds: a re-decode must use the run's values, not the defaults. The other fields are
@@ -149,6 +152,12 @@ class RunReport:
         return "\n".join(lines)
 
 
+def new_run_id(kind: str = "") -> str:
+    """`YYYYMMDDTHHMMSSZ-xxxxxx` (UTC now, random suffix), with `-kind` for other jobs."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    return f"{stamp}-{kind}" if kind else stamp
+
+
 class RunFiles:
     """The files of one table's runs: `<db>/_vidcat/<table>/runs/<run_id>.{config,report}.json`.
 
@@ -187,6 +196,10 @@ class RunFiles:
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
         suffix = f".{kind}.json"
         return sorted(i.base_name[: -len(suffix)] for i in infos if i.base_name.endswith(suffix))
+
+    def reports(self) -> list[dict[str, Any]]:
+        """Every run report, oldest first."""
+        return [read_json(self.report_uri(i), self.s3) for i in self.run_ids("report")]
 
     def latest(self, kind: str = "config") -> dict[str, Any] | None:
         """The newest run's `kind` file (`config` or `report`), None when there is none."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -162,8 +162,11 @@ class LanceSink:
     A video that fails after an earlier success keeps its old clips beside its error row.
     """
 
-    def __init__(self, config: SinkConfig) -> None:
+    def __init__(self, config: SinkConfig, guard: Callable[[], None] | None = None) -> None:
         self.config = config
+        #: Called before every change to the tables; raises to stop the writer (the run's
+        #: lease check: a writer that lost the table's lease must not commit).
+        self._guard = guard or (lambda: None)
         self.stats = SinkStats()
         self._db = connect(config.db_uri, config.storage_options)
         existing = table_names(self._db)
@@ -233,6 +236,7 @@ class LanceSink:
             How many of the ids had clip or error rows.
         """
         self.flush()
+        self._guard()
         if isinstance(video_ids, pa.Array | pa.ChunkedArray):
             video_ids = video_ids.cast(pa.string())
         ids = pc.unique(pa.array(video_ids, pa.string())).to_pylist()
@@ -371,6 +375,7 @@ class LanceSink:
 
     # ---- committing --------------------------------------------------------------------
     def _commit(self, chunk: pa.Table) -> None:
+        self._guard()
         started = time.monotonic()
         now = pa.scalar(datetime.now(UTC), pa.timestamp("us", tz="UTC"))
         ok = pc.equal(chunk[schema.STATUS], Status.OK.value)

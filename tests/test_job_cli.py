@@ -164,3 +164,17 @@ def test_the_resolved_config_hides_secrets_holding_quotes_or_spaces(job, monkeyp
     expected.update(allowed_roots=["//***@minio/videos"])
     assert json.loads(config.partition(": ")[2]) == expected
     assert expected["mode"] == "incremental" and expected["decode"]["decoder"] == "decord"
+
+
+def test_a_run_is_refused_while_another_writer_holds_the_table(job, tmp_path, capsys):
+    """Exit 4 before anything is written, naming the holder; --lease-wait waits for it."""
+    from pipeline.lease import Lease, LeaseConfig
+
+    with Lease(str(tmp_path / "db"), "videos", "nightly-20261206", config=LeaseConfig(ttl_s=30)):
+        capsys.readouterr()
+        assert job() == runs.EXIT_LEASE_HELD
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: table 'videos' in ") and "nightly-20261206" in err
+        assert "--lease-wait" in err and len(err.splitlines()) == 1
+        assert job("--lease-wait", "0.5") == runs.EXIT_LEASE_HELD
+    assert not (tmp_path / "db" / "videos.lance").exists()  # no table was created
