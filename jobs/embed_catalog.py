@@ -25,7 +25,8 @@ from datetime import timedelta
 
 from jobs.common import add_lease_arguments, add_s3_arguments, fail, lease_held, setup_logging
 from pipeline.build import ResourceConfig
-from pipeline.db import TableSchemaError
+from pipeline.compat import is_transient
+from pipeline.db import TableSchemaError, short_error
 from pipeline.decode import DecodeConfig
 from pipeline.embed import EmbedConfig
 from pipeline.lease import LeaseConfig, LeaseHeld
@@ -277,8 +278,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return fail(f"invalid input: {exc}")
     except LeaseHeld as exc:  # another run writes the table: nothing was done
         return lease_held(exc)
-    except Exception:
+    except Exception as exc:
         log.exception("run failed")
+        # The last line says what happened and what to do, after the traceback.
+        what = "the object store kept failing" if is_transient(exc) else "the run failed"
+        print(
+            f"error: {what}: {short_error(exc)}; every commit before it is kept, and a "
+            "rerun (after the cause is fixed) finishes the work",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     # Machine output alone on stdout (`| jq` works); the human summary goes to the log.
     print(json.dumps(report.to_dict(), indent=2, sort_keys=True))

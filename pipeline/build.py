@@ -174,7 +174,7 @@ def build_dataset(
     from .decode import DecodeStage  # the stages load torch, decoders: only when wired
     from .embed import EmbedStage
 
-    # A video that kills its worker must not be retried forever (pipeline.compat, entry 6).
+    # A video that kills its worker must not be retried forever (pipeline.compat, entry 7).
     retry = actor_retry_args(resources.max_task_retries)
     ds = ds.map_batches(
         DecodeStage,

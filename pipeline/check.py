@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import schema
+from .compat import retry_transient
 from .db import DatabaseNotFound, open_table
 from .runs import RunFiles
 from .storage import S3Config
@@ -227,7 +228,8 @@ def repair_duplicates(tables: Mapping[str, Any], table: str) -> dict[str, int]:
         first[1:] = pc.not_equal(keys_sorted[1:], keys_sorted[:-1]).to_numpy(zero_copy_only=False)
         drop = ranked[_ROW_ID].filter(pa.array(~first)).to_pylist()
         for lo in range(0, len(drop), _DELETE_IDS):
-            handle.delete(f"{_ROW_ID} IN ({', '.join(map(str, drop[lo : lo + _DELETE_IDS]))})")
+            where = f"{_ROW_ID} IN ({', '.join(map(str, drop[lo : lo + _DELETE_IDS]))})"
+            retry_transient(lambda h=handle, w=where: h.delete(w), f"remove duplicates of {name}")
         removed[name] = len(drop)
         logger.warning("removed %d duplicate %s rows of %s (kept the newest)", len(drop), key, name)
     return removed

@@ -19,24 +19,34 @@ LanceDB 0.40:
    is probed (a filtered 1M-row query 7x slower): pin both to `nprobes`; HNSW refuses a
    beam narrower than the candidates it returns (`ef >= k * refine_factor`); quantized
    indices report their internal distance unless a refine step re-ranks with full vectors.
-5. (design note, `pipeline.sink.LanceSink._replace_videos`) — `merge_insert(...)
+5. :func:`retry_transient` — a commit whose request fails in transport (a connection reset,
+   a 503 on the manifest write) is not retried by Lance's object-store client, which
+   retries only requests it can repeat safely; the writes vidcat makes are idempotent
+   (upsert on the key, delete by key, create-or-open), so it repeats them itself, a
+   bounded number of times, on transient storage errors only.
+6. (design note, `pipeline.sink.LanceSink._replace_videos`) — `merge_insert(...)
    .when_not_matched_by_source_delete(filter)` scans the whole target table (1-6 s per
    chunk at 1M rows against 0.1-0.2 s for the upsert), so a video's clips are replaced by
    an upsert and a keyed delete, two commits.
 
 Ray 2.60:
 
-6. :func:`actor_retry_args` — Ray Data's actor pools retry forever by default; bounds are
+7. :func:`actor_retry_args` — Ray Data's actor pools retry forever by default; bounds are
    taken only as `ray_remote_args`, deprecated for removal in 2.64 with no replacement yet.
-7. :func:`dataset_from_refs` — `ray.data.from_arrow_refs` runs a remote task per block to
+8. :func:`dataset_from_refs` — `ray.data.from_arrow_refs` runs a remote task per block to
    read metadata the driver already has; the logical plan is built from internals instead.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import time
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +76,44 @@ def delete_matching(table: Any, where: Any, count_column: str) -> int:
     """
     count = len(select_rows(table, where, [count_column]))
     if count:
-        table.delete(where)
+        retry_transient(lambda: table.delete(where), "delete")
     return count
+
+
+#: Errors of the object store that a repeat may cure (Lance wraps them as text).
+_TRANSIENT = re.compile(
+    r"error sending request|HTTP error|connection (reset|closed|refused)|timed? ?out|"
+    r"Service ?Unavailable|SlowDown|InternalError|Internal Server Error|\b50[0234]\b",
+    re.IGNORECASE,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a storage error may go away on its own (a 5xx, a reset, a timeout)."""
+    return isinstance(exc, RuntimeError | OSError | ValueError) and bool(
+        _TRANSIENT.search(str(exc))
+    )
+
+
+def retry_transient(fn: Callable[[], T], what: str, attempts: int = 5) -> T:
+    """`fn()`, repeated on transient storage errors with exponential backoff (entry 5).
+
+    Only for idempotent writes: repeating one whose first try did land must not change the
+    outcome (an upsert on the key, a delete by key).
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt == attempts or not is_transient(exc):
+                raise
+            delay = min(5.0, 0.2 * 2 ** (attempt - 1))
+            first = str(exc).splitlines()[0][:200]
+            logger.warning(
+                "%s failed (%s), try %d of %d in %.1f s", what, first, attempt + 1, attempts, delay
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 #: "Delete no version" for `optimize` (entry 3 above).
@@ -76,7 +122,7 @@ KEEP_ALL_VERSIONS = timedelta(days=365 * 100)
 
 def compact(table: Any) -> None:
     """Compact the table's files and fold new rows into its indices; delete no version."""
-    table.optimize(cleanup_older_than=KEEP_ALL_VERSIONS)
+    retry_transient(lambda: table.optimize(cleanup_older_than=KEEP_ALL_VERSIONS), "compaction")
 
 
 def tune_vector_query(
@@ -95,7 +141,7 @@ def tune_vector_query(
 
 
 def actor_retry_args(retries: int) -> dict[str, int]:
-    """`map_batches` keyword arguments bounding actor restarts and task retries (entry 6)."""
+    """`map_batches` keyword arguments bounding actor restarts and task retries (entry 7)."""
     return {"max_restarts": retries, "max_task_retries": retries}
 
 
@@ -105,7 +151,7 @@ def dataset_from_refs(refs: list, metadata: list) -> Any:
     `ray.data.from_arrow_refs` runs one remote task per block just to read row counts and
     the schema back, and on a quiet cluster the first such task starts a worker process
     (~1.2 CPU s measured on the 2-core dev VM). This builds the logical plan that
-    `ray.data.from_blocks` builds, from refs (entry 7). If the internals move, the public
+    `ray.data.from_blocks` builds, from refs (entry 8). If the internals move, the public
     call is the fallback.
     """
     import ray

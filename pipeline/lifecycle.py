@@ -28,7 +28,7 @@ from typing import Any
 
 from . import schema
 from .check import repair_duplicates
-from .compat import compact
+from .compat import compact, retry_transient
 from .db import open_table
 from .index import IndexConfig, update_index
 
@@ -86,7 +86,10 @@ def maintain(
     start = time.perf_counter()
     tables = catalog_tables(db_uri, table, storage_options)
     report: dict[str, Any] = {"duplicates_removed": repair_duplicates(tables, table)}
-    report["index"] = update_index(tables[table], config.index)
+    # Index builds and compactions are repeatable: transient storage errors are retried.
+    report["index"] = retry_transient(
+        lambda: update_index(tables[table], config.index), "index upkeep"
+    )
     now = now or datetime.now(UTC)
     # Every table is tagged before any is cleaned, so a failure in the cleanup below never
     # leaves a tag that only some of the catalog's tables have (a partial rollback).
@@ -159,7 +162,8 @@ def _compact_and_clean(t, retention: timedelta) -> None:
         oldest = oldest.astimezone(UTC) if oldest.tzinfo is None else oldest
         age = datetime.now(UTC) - oldest
         older_than = max(retention, age + _CLEANUP_MARGIN)
-    t.optimize(cleanup_older_than=older_than)  # nothing left to compact: the cleanup
+    # Nothing left to compact: the cleanup.
+    retry_transient(lambda: t.optimize(cleanup_older_than=older_than), "version cleanup")
 
 
 def list_tags(

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from lancedb.expr import col
 
 from pipeline import schema
-from pipeline.compat import delete_matching, select_rows
+from pipeline.compat import delete_matching, retry_transient, select_rows
 from pipeline.db import (
     check_schema,
     check_table_name,
@@ -205,7 +205,13 @@ class LanceSink:
         shown = f"{name!r} in {redact_uri(self.config.db_uri)}"
         if name not in existing:
             logger.info("creating table %s", shown)
-            return self._db.create_table(name, schema=expected)
+            # exist_ok: a repeat after a create whose answer was lost opens it (checked below).
+            table = retry_transient(
+                lambda: self._db.create_table(name, schema=expected, exist_ok=True),
+                f"create {shown}",
+            )
+            check_schema(table, expected, shown)
+            return table
         table = self._db.open_table(name)
         check_schema(table, expected, shown)
         return table
@@ -247,7 +253,7 @@ class LanceSink:
                 hits = select_rows(table, where, [schema.VIDEO_ID])[schema.VIDEO_ID]
                 if len(hits):
                     found.update(pc.unique(hits).to_pylist())
-                    table.delete(where)
+                    retry_transient(lambda t=table, w=where: t.delete(w), "delete videos")
             if self._tokens is not None:
                 _delete_if_any(self._tokens, where)
         self.stats.videos_deleted += len(found)
@@ -411,7 +417,7 @@ class LanceSink:
         ones (never fewer clips than before), and the next write of the video removes the
         rest. `merge_insert(...).when_not_matched_by_source_delete(filter)` would be one
         commit, but in LanceDB 0.40 it scans the whole target table (1-6 s per chunk at
-        1M rows, against 0.1-0.2 s for the upsert): :mod:`pipeline.compat`, entry 5.
+        1M rows, against 0.1-0.2 s for the upsert): :mod:`pipeline.compat`, entry 6.
         """
         _upsert(table, rows, schema.CLIP_ID)
         if not self._had_rows[id(table)]:
@@ -422,7 +428,8 @@ class LanceSink:
         existing = select_rows(table, where, [schema.CLIP_ID])[schema.CLIP_ID]
         stale = existing.filter(pc.invert(pc.is_in(existing, value_set=rows[schema.CLIP_ID])))
         if len(stale):
-            table.delete(col(schema.CLIP_ID).isin(stale.to_pylist()))
+            where = col(schema.CLIP_ID).isin(stale.to_pylist())
+            retry_transient(lambda: table.delete(where), "delete stale clips")
         return len(stale)
 
     def _write_errors(self, failed: pa.Table, ok_ids: pa.Array, now: pa.Scalar) -> None:
@@ -448,7 +455,16 @@ class LanceSink:
 
 
 def _upsert(table, rows: pa.Table, key: str) -> None:
-    table.merge_insert(key).when_matched_update_all().when_not_matched_insert_all().execute(rows)
+    """Insert or replace `rows` by `key`; idempotent, so repeated on transient errors."""
+    retry_transient(
+        lambda: (
+            table.merge_insert(key)
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute(rows)
+        ),
+        f"upsert on {key}",
+    )
 
 
 def _ids(rows: pa.Table) -> list[str]:

@@ -48,6 +48,8 @@ def _job_args(manifest: Path, db: Path) -> list[str]:
         *("--chunk-rows", "4", "--batch-size", "2", "--decode-timeout", "20"),
         *("--max-error-rate", "0.5"),  # the two bad rows are expected
         "--no-maintenance",
+        # A killed driver cannot release its table lease: the rerun waits for it to expire.
+        *("--lease-ttl", "5", "--lease-wait", "60"),
     ]
 
 

@@ -88,7 +88,7 @@ def job(monkeypatch, tmp_path):
     "error", [ValueError("bad value"), pa.ArrowInvalid("bad cast"), OSError("lost disk")]
 )
 def test_a_failure_after_the_tables_are_open_exits_1_with_its_traceback(
-    job, monkeypatch, caplog, error
+    job, monkeypatch, caplog, capsys, error
 ):
     """pyarrow's and LanceDB's errors are ValueErrors: one raised once the run has opened
     (and may have written) its tables is a failure, not invalid input."""
@@ -102,6 +102,8 @@ def test_a_failure_after_the_tables_are_open_exits_1_with_its_traceback(
     [failed] = [r for r in caplog.records if r.getMessage() == "run failed"]
     assert failed.exc_info is not None and failed.exc_info[1] is error
     assert not [r for r in caplog.records if "invalid" in r.getMessage()]
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: the run failed: ") and "a rerun" in last
 
 
 def test_invalid_arguments_and_manifests_exit_2(job, tmp_path, caplog, capsys):
