@@ -158,7 +158,20 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
         help="decoder processes per decode actor, one CPU each (default: 1 with "
         "--decode-actors, else up to 4 per actor, sized to the free CPUs)",
     )
+    r.add_argument(
+        "--max-decode-actors",
+        type=int,
+        default=None,
+        help="the decode pool grows to this many actors as nodes join (an autoscaling "
+        "cluster); default: its starting size",
+    )
     r.add_argument("--embed-actors", type=int, default=1, help="usually the number of GPUs")
+    r.add_argument(
+        "--max-embed-actors",
+        type=int,
+        default=None,
+        help="the embed pool grows to this many actors as GPU nodes join; default: --embed-actors",
+    )
     r.add_argument(
         "--gpus-per-actor",
         type=float,
@@ -228,8 +241,10 @@ def build_config(args: argparse.Namespace, has_gpu: bool) -> RunConfig:
         ),
         resources=ResourceConfig(
             decode_actors=args.decode_actors,
+            max_decode_actors=args.max_decode_actors,
             decoders_per_actor=args.decoders_per_actor,
             embed_actors=args.embed_actors,
+            max_embed_actors=args.max_embed_actors,
             embed_gpus=gpus,
             # On CPU the encoder takes its share of the cores from the OS scheduler: a
             # reservation (even 0.5) would leave one decode actor fewer on a small node.

@@ -28,9 +28,15 @@ logger = logging.getLogger(__name__)
 class ResourceConfig:
     """How much of the cluster each stage takes.
 
+    The actor pools are elastic: they start at their size and run on anything from one
+    actor to their maximum, so a run keeps going on fewer actors when a node is lost (its
+    actors come back when capacity returns) and grows when an autoscaler adds nodes.
+
     Attributes:
-        decode_actors: decode actor pool size; `None` sizes it to the cluster's CPUs minus
-            what the embed actors reserve (at least 1).
+        decode_actors: decode actors to start with; `None` sizes it to the cluster's CPUs
+            minus what the embed actors reserve (at least 1).
+        max_decode_actors: most decode actors the pool grows to as nodes join (`None`: its
+            starting size, for a cluster of fixed size).
         decoders_per_actor: isolated decoder processes per decode actor, each fed by a
             thread; several per actor save Ray's per-actor start-up (~1.2 CPU s) and
             memory. `None`: 1 when `decode_actors` is given (it then counts decode cores),
@@ -39,12 +45,16 @@ class ResourceConfig:
         decode_cpus: CPUs reserved per decoder process (an actor reserves
             `decode_cpus * decoders_per_actor`).
         decode_batch_videos: manifest rows per decode call; small keeps actors busy evenly.
-        embed_actors: embed actor pool size (usually the number of GPUs).
+        embed_actors: embed actors to start with (usually the number of GPUs).
+        max_embed_actors: most embed actors as GPU nodes join (`None`: `embed_actors`).
         embed_gpus: GPUs per embed actor (0 runs the encoder on CPU: tests, demo).
         embed_cpus: CPUs reserved per embed actor.
         embed_batch_clips: clips per encoder call (128 saturates an H100/H200 at T=4).
-        max_task_retries: retries of a decode/embed call whose actor died (a killed worker),
-            bounded so a poison input cannot loop forever.
+        max_task_retries: restarts of an actor that died (a lost node, a killed worker
+            process) and retries of its calls; -1 (default): as long as the run makes
+            progress (Ray Data's no-progress timeout bounds a run that cannot). A bad video
+            cannot kill an actor this way: it is decoded in an isolated child process, whose
+            crash is one error row.
         actor_start_s: when the actor pools ask for more CPUs or GPUs than the cluster
             has at the start, how long they may wait for an autoscaler to add them before
             the run fails (Ray Data waits forever by default: a request the cluster can
@@ -52,14 +62,16 @@ class ResourceConfig:
     """
 
     decode_actors: int | None = None
+    max_decode_actors: int | None = None
     decoders_per_actor: int | None = 1
     decode_cpus: float = 1.0
     decode_batch_videos: int = 4
     embed_actors: int = 1
+    max_embed_actors: int | None = None
     embed_gpus: float = 0.0
     embed_cpus: float = 1.0
     embed_batch_clips: int = 32
-    max_task_retries: int = 3
+    max_task_retries: int = -1
     actor_start_s: float = 1800.0
 
     def __post_init__(self) -> None:
@@ -71,8 +83,13 @@ class ResourceConfig:
             raise ValueError("actor counts and batch sizes must be >= 1")
         if self.embed_gpus < 0 or self.decode_cpus <= 0 or self.embed_cpus < 0:
             raise ValueError("resource amounts must be non-negative (decode_cpus > 0)")
-        if self.max_task_retries < 0 or self.actor_start_s <= 0:
-            raise ValueError("max_task_retries must be >= 0 and actor_start_s > 0")
+        if self.max_task_retries < -1 or self.actor_start_s <= 0:
+            raise ValueError("max_task_retries must be >= -1 and actor_start_s > 0")
+        for name in ("max_decode_actors", "max_embed_actors"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None")
+        if self.max_embed_actors is not None and self.max_embed_actors < self.embed_actors:
+            raise ValueError("max_embed_actors must be >= embed_actors")
 
     def resolved_decode_layout(self) -> tuple[int, int]:
         """`(decode actors, decoder processes per actor)` for the connected cluster."""
@@ -136,6 +153,11 @@ def _larger_than_cluster(resources: ResourceConfig, decoders: int) -> bool:
     return bool(short)
 
 
+def _pool(initial: int, most: int) -> ray.data.ActorPoolStrategy:
+    """An elastic actor pool: starts with `initial` actors, runs on 1..`most`."""
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=most, initial_size=initial)
+
+
 def build_dataset(
     source: ray.data.Dataset | pa.Table,
     decode: DecodeConfig,
@@ -161,27 +183,32 @@ def build_dataset(
         # (the wait also makes the pools start one after the other, so only then). Set on
         # the source's context, which every dataset derived from it copies.
         ds.context.wait_for_min_actors_s = math.ceil(resources.actor_start_s)
+    max_decode = max(n_decode, resources.max_decode_actors or n_decode)
+    max_embed = resources.max_embed_actors or resources.embed_actors
     logger.info(
-        "graph: %d decode actors x %d decoders x %.1f CPU, %d embed actors x %.2f GPU, "
-        "batch %d clips",
+        "graph: %d (1..%d) decode actors x %d decoders x %.1f CPU, %d (1..%d) embed actors x "
+        "%.2f GPU, batch %d clips",
         n_decode,
+        max_decode,
         per_actor,
         resources.decode_cpus,
         resources.embed_actors,
+        max_embed,
         resources.embed_gpus,
         resources.embed_batch_clips,
     )
     from .decode import DecodeStage  # the stages load torch, decoders: only when wired
     from .embed import EmbedStage
 
-    # A video that kills its worker must not be retried forever (pipeline.compat, entry 7).
+    # Actors lost with a node come back as capacity allows; their calls are retried
+    # (pipeline.compat, entry 7).
     retry = actor_retry_args(resources.max_task_retries)
     ds = ds.map_batches(
         DecodeStage,
         fn_constructor_kwargs={"config": decode, "decoders": per_actor},
         batch_size=resources.decode_batch_videos,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=n_decode),
+        compute=_pool(n_decode, max_decode),
         num_cpus=resources.decode_cpus * per_actor,
         **retry,
     )
@@ -191,7 +218,7 @@ def build_dataset(
         fn_constructor_kwargs={"config": embed, "model_identity": model_identity},
         batch_size=resources.embed_batch_clips,
         batch_format="pyarrow",  # metadata columns pass through with their types and nulls
-        compute=ray.data.ActorPoolStrategy(size=resources.embed_actors),
+        compute=_pool(resources.embed_actors, max_embed),
         num_cpus=resources.embed_cpus,
         zero_copy_batch=True,  # the stage reads the frames and builds a new table
         **embed_kwargs,

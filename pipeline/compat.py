@@ -31,8 +31,9 @@ LanceDB 0.40:
 
 Ray 2.60:
 
-7. :func:`actor_retry_args` — Ray Data's actor pools retry forever by default; bounds are
-   taken only as `ray_remote_args`, deprecated for removal in 2.64 with no replacement yet.
+7. :func:`actor_retry_args` — actor restarts and call retries are set only through
+   `ray_remote_args` of `map_batches`, deprecated for removal in 2.64 with no replacement
+   named yet.
 8. :func:`dataset_from_refs` — `ray.data.from_arrow_refs` runs a remote task per block to
    read metadata the driver already has; the logical plan is built from internals instead.
 """
@@ -141,7 +142,8 @@ def tune_vector_query(
 
 
 def actor_retry_args(retries: int) -> dict[str, int]:
-    """`map_batches` keyword arguments bounding actor restarts and task retries (entry 7)."""
+    """`map_batches` keyword arguments for actor restarts and call retries (-1: unbounded;
+    entry 7)."""
     return {"max_restarts": retries, "max_task_retries": retries}
 
 
