@@ -26,9 +26,8 @@ from jobs.common import (
 )
 from pipeline import schema
 from pipeline.check import check_catalog, repair_duplicates
-from pipeline.db import DatabaseNotFound, StoreError, TableSchemaError
+from pipeline.db import DatabaseNotFound, StoreError, TableSchemaError, catalog_tables
 from pipeline.lease import Lease, LeaseHeld
-from pipeline.lifecycle import catalog_tables
 from pipeline.manifest import ManifestError, validate_manifest
 from pipeline.runs import EXIT_CHECK_FAILED, new_run_id
 

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from . import schema
 from .compat import retry_transient
-from .db import DatabaseNotFound, open_table
+from .db import catalog_tables
 from .runs import RunFiles
 from .storage import S3Config
 
@@ -65,16 +65,6 @@ class CheckReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "violations": self.violations, "info": self.info}
-
-
-def _catalog(db_uri: str, table: str, options: Mapping[str, str] | None) -> dict[str, Any]:
-    tables = {table: open_table(db_uri, table, options)}
-    for name in (schema.errors_table_name(table), schema.vision_tokens_table_name(table)):
-        try:
-            tables[name] = open_table(db_uri, name, options)
-        except DatabaseNotFound:
-            continue
-    return tables
 
 
 def _query(table, columns: list[str], row_id: bool = False):
@@ -110,7 +100,7 @@ def check_catalog(
     """
     s3 = s3 or S3Config()
     report = CheckReport()
-    tables = _catalog(db_uri, table, s3.storage_options())
+    tables = catalog_tables(db_uri, table, s3.storage_options())
     clips = _read(tables[table], [schema.CLIP_ID, schema.VIDEO_ID, schema.CLIP_INDEX,
                                   schema.EMBEDDED_AT])  # fmt: skip
     report.info["clips"] = len(clips)
@@ -212,6 +202,7 @@ def repair_duplicates(tables: Mapping[str, Any], table: str) -> dict[str, int]:
         table: (schema.CLIP_ID, schema.EMBEDDED_AT),
         schema.errors_table_name(table): (schema.VIDEO_ID, schema.FAILED_AT),
         schema.vision_tokens_table_name(table): (schema.CLIP_ID, None),
+        schema.thumbnails_table_name(table): (schema.CLIP_ID, None),
     }
     removed = {}
     for name, handle in tables.items():

@@ -117,6 +117,19 @@ def retry_transient(fn: Callable[[], T], what: str, attempts: int = 5) -> T:
     raise AssertionError("unreachable")
 
 
+def upsert(table: Any, rows: Any, key: str) -> None:
+    """Insert or replace `rows` by `key` (idempotent: repeated on transient errors)."""
+    retry_transient(
+        lambda: (
+            table.merge_insert(key)
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute(rows)
+        ),
+        f"upsert on {key}",
+    )
+
+
 #: "Delete no version" for `optimize` (entry 3 above).
 KEEP_ALL_VERSIONS = timedelta(days=365 * 100)
 

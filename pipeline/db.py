@@ -157,3 +157,25 @@ def open_table(
         raise DatabaseNotFound(f"no table {shown}")
     check_schema(handle, None, shown)
     return handle
+
+
+def catalog_tables(
+    db_uri: str, table: str, storage_options: Mapping[str, str] | None = None
+) -> dict[str, lancedb.table.Table]:
+    """The catalog's tables that exist, by name: the embeddings table (required), then its
+    errors, vision-token and thumbnail side tables.
+
+    Raises:
+        DatabaseNotFound: no database, or no embeddings table; see :func:`open_table`.
+    """
+    out = {table: open_table(db_uri, table, storage_options)}
+    for name in (
+        schema.errors_table_name(table),
+        schema.vision_tokens_table_name(table),
+        schema.thumbnails_table_name(table),
+    ):
+        try:
+            out[name] = open_table(db_uri, name, storage_options)
+        except DatabaseNotFound:
+            continue
+    return out

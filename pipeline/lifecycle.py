@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from . import schema
 from .check import repair_duplicates
 from .compat import compact, retry_transient
-from .db import open_table
+from .db import catalog_tables, open_table
 from .index import IndexConfig, update_index
 
 logger = logging.getLogger(__name__)
@@ -58,19 +57,6 @@ class MaintenanceConfig:
 def tag_name(at: datetime) -> str:
     """`refresh-20261126T021500Z`: sortable, unique per second."""
     return TAG_PREFIX + at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-
-
-def catalog_tables(
-    db_uri: str, table: str, storage_options: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """The catalog's tables that exist: embeddings (required), errors, vision tokens."""
-    out = {table: open_table(db_uri, table, storage_options)}
-    for name in (schema.errors_table_name(table), schema.vision_tokens_table_name(table)):
-        try:
-            out[name] = open_table(db_uri, name, storage_options)
-        except FileNotFoundError:
-            continue
-    return out
 
 
 def maintain(

@@ -38,6 +38,7 @@ RESERVED = frozenset(
     schema.embeddings_schema().names
     + schema.errors_schema().names
     + schema.vision_tokens_schema().names
+    + schema.thumbnails_schema().names
     + [
         schema.FRAMES,
         schema.NUM_CLIPS,

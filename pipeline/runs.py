@@ -39,6 +39,7 @@ RUN_DECODE_FIELDS = (
     *("num_frames", "size", "clip_seconds", "clip_overlap_s", "decoder", "timeout_s"),
     *("memory_limit_mb", "max_width", "max_height", "max_duration_s", "max_bytes"),
     "max_attempts",
+    "thumbnail_size",
 )
 
 

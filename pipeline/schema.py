@@ -46,6 +46,11 @@ MESSAGE = "message"
 ATTEMPTS = "attempts"
 FAILED_AT = "failed_at"
 
+# ---- thumbnail side table (what pages show) ----------------------------------------------
+#: A JPEG of the clip's middle sampled frame, aspect ratio kept (`DecodeConfig.thumbnail_size`
+#: on its long side); in flight from decode to the sink, then in `<table>_thumbnails`.
+THUMBNAIL = "thumbnail"
+
 # ---- vision-token side table (opt-in, for re-ranking) ----------------------------------
 VISION_TOKENS = "vision_tokens"
 VISION_TOKENS_SHAPE = "vision_tokens_shape"
@@ -170,6 +175,18 @@ def vision_tokens_schema() -> pa.Schema:
     )
 
 
+def thumbnails_schema() -> pa.Schema:
+    """Arrow schema of the `<table>_thumbnails` side table: one JPEG per clip."""
+    return pa.schema(
+        [
+            pa.field(CLIP_ID, pa.string(), nullable=False),
+            pa.field(VIDEO_ID, pa.string(), nullable=False),
+            pa.field(THUMBNAIL, pa.binary(), nullable=False),
+        ],
+        metadata={SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode()},
+    )
+
+
 def clip_id(video_id: str, clip_index: int) -> str:
     """Stable key of one clip: the video id and the clip's ordinal within it."""
     return f"{video_id}#{clip_index:05d}"
@@ -181,6 +198,10 @@ def errors_table_name(table: str) -> str:
 
 def vision_tokens_table_name(table: str) -> str:
     return f"{table}_vision_tokens"
+
+
+def thumbnails_table_name(table: str) -> str:
+    return f"{table}_thumbnails"
 
 
 # ---- Arrow helpers for the in-flight columns -------------------------------------------

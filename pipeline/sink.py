@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from lancedb.expr import col
 
 from pipeline import schema
-from pipeline.compat import delete_matching, retry_transient, select_rows
+from pipeline.compat import delete_matching, retry_transient, select_rows, upsert
 from pipeline.db import (
     check_schema,
     check_table_name,
@@ -182,17 +182,24 @@ class LanceSink:
         self._tokens = None
         if config.store_vision_tokens or tokens_name in existing:
             self._tokens = self._open(tokens_name, self._tokens_schema, existing)
+        # Thumbnails likewise; their table is made by the first batch that brings any.
+        self._thumbs_schema = schema.thumbnails_schema()
+        self._thumbs_name = schema.thumbnails_table_name(config.table)
+        self._thumbs = None
+        if self._thumbs_name in existing:
+            self._thumbs = self._open(self._thumbs_name, self._thumbs_schema, existing)
         # Finding stale clips, earlier attempts and errors to clear takes a filtered scan
         # per chunk (fast once `video_id` has the BTREE index pipeline/index.py builds).
         # A table that was empty at open holds nothing from before this run, and each
         # video arrives in one contiguous run, so a first load skips those scans.
         self._had_rows = {
             id(t): t.count_rows() > 0
-            for t in (self._clips, self._errors, self._tokens)
+            for t in (self._clips, self._errors, self._tokens, self._thumbs)
             if t is not None
         }
         fields = [f for f in self._clips_schema if f.name != schema.EMBEDDED_AT]
         fields += [pa.field(schema.STATUS, pa.string()), pa.field(schema.MESSAGE, pa.string())]
+        fields += [pa.field(schema.THUMBNAIL, pa.binary())]
         if config.store_vision_tokens:
             fields += [f for f in self._tokens_schema if f.name.startswith("vision")]
         self._staging = pa.schema([f.with_nullable(True) for f in fields])
@@ -228,6 +235,10 @@ class LanceSink:
     def tokens_table(self) -> lancedb.table.Table | None:
         return self._tokens
 
+    @property
+    def thumbnails_table(self) -> lancedb.table.Table | None:
+        return self._thumbs
+
     def table_version(self) -> int:
         """Current version of the embeddings table (for the run report)."""
         return self._clips.version
@@ -254,8 +265,9 @@ class LanceSink:
                 if len(hits):
                     found.update(pc.unique(hits).to_pylist())
                     retry_transient(lambda t=table, w=where: t.delete(w), "delete videos")
-            if self._tokens is not None:
-                _delete_if_any(self._tokens, where)
+            for side in (self._tokens, self._thumbs):
+                if side is not None:
+                    _delete_if_any(side, where)
         self.stats.videos_deleted += len(found)
         return len(found)
 
@@ -409,6 +421,26 @@ class LanceSink:
             self._replace_videos(self._tokens, _project(clips, self._tokens_schema, {}))
         elif self._tokens is not None and self._had_rows[id(self._tokens)]:
             _delete_if_any(self._tokens, col(schema.VIDEO_ID).isin(_ids(rows)))
+        self._write_thumbnails(clips)
+
+    def _write_thumbnails(self, clips: pa.Table) -> None:
+        """The clips' thumbnails replace their videos' old ones; a video re-embedded without
+        thumbnails (thumbnails off) loses its old ones, which showed other frames."""
+        thumbs = clips.filter(pc.is_valid(clips[schema.THUMBNAIL]))
+        if len(thumbs) and self._thumbs is None:
+            self._thumbs = self._open(self._thumbs_name, self._thumbs_schema, set())
+            self._had_rows[id(self._thumbs)] = False
+        if self._thumbs is None:
+            return
+        if len(thumbs):
+            self._replace_videos(self._thumbs, _project(thumbs, self._thumbs_schema, {}))
+        without = pc.unique(clips[schema.VIDEO_ID]).filter(
+            pc.invert(
+                pc.is_in(pc.unique(clips[schema.VIDEO_ID]), value_set=thumbs[schema.VIDEO_ID])
+            )
+        )
+        if len(without) and self._had_rows[id(self._thumbs)]:
+            _delete_if_any(self._thumbs, col(schema.VIDEO_ID).isin(without.to_pylist()))
 
     def _replace_videos(self, table, rows: pa.Table) -> int:
         """Make `rows` the complete set of clips of their videos; returns stale rows deleted.
@@ -419,7 +451,7 @@ class LanceSink:
         commit, but in LanceDB 0.40 it scans the whole target table (1-6 s per chunk at
         1M rows, against 0.1-0.2 s for the upsert): :mod:`pipeline.compat`, entry 6.
         """
-        _upsert(table, rows, schema.CLIP_ID)
+        upsert(table, rows, schema.CLIP_ID)
         if not self._had_rows[id(table)]:
             return 0
         # Reading the videos' clip ids and deleting the stale ones by key is several times
@@ -447,24 +479,11 @@ class LanceSink:
                 schema.FAILED_AT: pa.repeat(now, len(failed)),
             }
             rows = _project(failed, self._errors_schema, extra)
-            _upsert(self._errors, rows, schema.VIDEO_ID)
+            upsert(self._errors, rows, schema.VIDEO_ID)
             self.stats.errors_written += len(rows)
         if len(ok_ids) and had_rows:
             cleared = col(schema.VIDEO_ID).isin(ok_ids.to_pylist())
             self.stats.errors_cleared += _delete_if_any(self._errors, cleared)
-
-
-def _upsert(table, rows: pa.Table, key: str) -> None:
-    """Insert or replace `rows` by `key`; idempotent, so repeated on transient errors."""
-    retry_transient(
-        lambda: (
-            table.merge_insert(key)
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .execute(rows)
-        ),
-        f"upsert on {key}",
-    )
 
 
 def _ids(rows: pa.Table) -> list[str]:

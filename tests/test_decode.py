@@ -691,6 +691,41 @@ def test_pipe_protocol_roundtrip_timeout_validation_and_eof():
         ({"status": "ok", "clips": [{}], "shape": [1, 4, 224, 224, 3]}, 602112),
         ({"status": "ok", "clips": [{}], "shape": [1, 4, 8, 8, 3], "decoder": "decord"}, 768),
         ({"status": "ok", "clips": [{}], "shape": [1, 4, 224, 224, 3], "decoder": "decord"}, 5),
+        # Thumbnails: missing, one short, too big, or not counted in the payload.
+        (
+            {"status": "ok", "clips": [{}], "shape": [1, 4, 224, 224, 3], "decoder": "decord"},
+            602112,
+        ),
+        (
+            {
+                "status": "ok",
+                "clips": [{}, {}],
+                "shape": [2, 4, 224, 224, 3],
+                "decoder": "pyav",
+                "thumbnails": [10],
+            },
+            2 * 602112 + 10,
+        ),
+        (
+            {
+                "status": "ok",
+                "clips": [{}],
+                "shape": [1, 4, 224, 224, 3],
+                "decoder": "pyav",
+                "thumbnails": [2 << 20],
+            },
+            602112 + (2 << 20),
+        ),
+        (
+            {
+                "status": "ok",
+                "clips": [{}],
+                "shape": [1, 4, 224, 224, 3],
+                "decoder": "pyav",
+                "thumbnails": [10],
+            },
+            602112,
+        ),
     ],
 )
 def test_malformed_replies_are_refused(header, size):
@@ -701,11 +736,10 @@ def test_malformed_replies_are_refused(header, size):
     for bad_clip in ({**good_clip, "index": "0"}, {**good_clip, "frame_indices": [0, 1]}):
         reply = {"status": "ok", "clips": [bad_clip], "shape": [1, 4, 224, 224, 3]}
         with pytest.raises(ValueError):
-            checker._validate({**reply, "decoder": "decord"}, 602112)
-    checker._validate(
-        {"status": "ok", "clips": [good_clip], "shape": [1, 4, 224, 224, 3], "decoder": "pyav"},
-        602112,
-    )
+            checker._validate({**reply, "decoder": "decord", "thumbnails": [0]}, 602112)
+    good = {"status": "ok", "clips": [good_clip], "shape": [1, 4, 224, 224, 3], "decoder": "pyav"}
+    checker._validate({**good, "thumbnails": [0]}, 602112)
+    checker._validate({**good, "thumbnails": [9000]}, 602112 + 9000)
 
 
 def test_decoder_pool_imap_keeps_order_and_a_bounded_window():

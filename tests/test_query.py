@@ -375,7 +375,7 @@ def test_decode_settings_of_the_latest_run_are_reproduced(tmp_path):
     assert DecodeConfig(**RunFiles(db, "videos").latest_decode_settings()) == decode
     assert CatalogSearch(db).decode == decode
     # A new DecodeConfig field must be classified: reproduced, or deliberately not.
-    local_only = {"temp_dir", "fault_injection", "allowed_roots", "base_dir", "s3"}
+    local_only = {"temp_dir", "fault_injection", "allowed_roots", "base_dir", "s3", "still_image"}
     fields = {f.name for f in dataclasses.fields(DecodeConfig)}
     assert fields - local_only == set(RUN_DECODE_FIELDS)
 

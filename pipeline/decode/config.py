@@ -34,6 +34,10 @@ class DecodeConfig:
         s3: S3 endpoint settings.
         temp_dir: where fetched S3 objects are staged (default: the system temp dir).
         max_attempts: tries for a retryable failure (timeout, crash, transient fetch error).
+        thumbnail_size: long side in pixels of each clip's JPEG thumbnail (its middle
+            sampled frame, aspect ratio kept), for pages that show results; 0 makes none.
+        still_image: read the file as one still image (PNG, JPEG, WebP, BMP), a one-frame
+            clip (image queries; `num_frames` must be 1); never set for catalog videos.
         fault_injection: test hook, `(video_id, mode)` pairs run inside the child; modes in
             :data:`~pipeline.decode.protocol.FAULT_MODES`.
     """
@@ -54,6 +58,8 @@ class DecodeConfig:
     s3: S3Config = field(default_factory=S3Config)
     temp_dir: str | None = None
     max_attempts: int = 1
+    thumbnail_size: int = 256
+    still_image: bool = False
     fault_injection: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
@@ -71,6 +77,9 @@ class DecodeConfig:
             "max_duration_s must be > 0": self.max_duration_s > 0,
             "max_bytes must be > 0": self.max_bytes > 0,
             "max_attempts must be >= 1": self.max_attempts >= 1,
+            "thumbnail_size must be 0 (none) or 16..1024": self.thumbnail_size == 0
+            or 16 <= self.thumbnail_size <= 1024,
+            "still_image needs num_frames 1": not self.still_image or self.num_frames == 1,
             f"decoder must be one of {DECODERS}": self.decoder in DECODERS,
             "allowed_roots must be a tuple of str": isinstance(self.allowed_roots, tuple),
             f"fault_injection modes must be in {sorted(FAULT_MODES)}": all(
@@ -84,6 +93,7 @@ class DecodeConfig:
     def worker_params(self) -> dict[str, Any]:
         """The settings the child needs for every job (plain JSON values)."""
         keys = ("num_frames", "size", "clip_seconds", "clip_overlap_s", "decoder")
+        keys += ("thumbnail_size", "still_image")
         limits = ("max_width", "max_height", "max_duration_s")
         return {k: getattr(self, k) for k in keys + limits}
 

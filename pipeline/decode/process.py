@@ -34,7 +34,13 @@ from ..schema import RETRYABLE, Status
 from ..uris import UriRejected, redact_text, redact_uri, resolve_uri
 from .config import DecodeConfig
 from .fetch import Fetcher
-from .protocol import ALLOCATION_FAILURES, DECODERS, read_message, write_message
+from .protocol import (
+    ALLOCATION_FAILURES,
+    DECODERS,
+    MAX_THUMBNAIL_BYTES,
+    read_message,
+    write_message,
+)
 from .result import Clip, DecodeResult, Failure
 
 logger = logging.getLogger(__name__)
@@ -187,7 +193,11 @@ class IsolatedDecoder:
         if status is not Status.OK:
             message = str(header.get("message", "")).replace(path, shown)
             raise Failure(status, message, decoder=str(header.get("decoder") or "") or None)
-        frames = np.frombuffer(payload, np.uint8).reshape(header["shape"])
+        frames_len = int(np.prod(header["shape"]))
+        frames = np.frombuffer(payload, np.uint8, count=frames_len).reshape(header["shape"])
+        # The clips' JPEG thumbnails follow the frames, in clip order.
+        ends = np.cumsum([frames_len, *header["thumbnails"]])
+        thumbs = [bytes(payload[a:b]) or None for a, b in itertools.pairwise(ends)]
         clips = tuple(
             Clip(
                 int(c["index"]),
@@ -195,6 +205,7 @@ class IsolatedDecoder:
                 float(c["end_s"]),
                 frames[i],
                 np.asarray(c["frame_indices"], np.int32),
+                thumbs[i],
             )
             for i, c in enumerate(header["clips"])
         )
@@ -214,7 +225,14 @@ class IsolatedDecoder:
             raise ValueError("no clips on an ok reply")
         if header.get("shape") != [len(clips), t, size, size, 3]:
             raise ValueError(f"unexpected frames shape {header.get('shape')}")
-        if payload_len != len(clips) * t * size * size * 3:
+        thumbs = header.get("thumbnails")
+        if (
+            not isinstance(thumbs, list)
+            or len(thumbs) != len(clips)
+            or not all(isinstance(n, int) and 0 <= n <= MAX_THUMBNAIL_BYTES for n in thumbs)
+        ):
+            raise ValueError("thumbnail lengths missing or out of range")
+        if payload_len != len(clips) * t * size * size * 3 + sum(thumbs):
             raise ValueError(f"payload of {payload_len} bytes")
         if header.get("decoder") not in DECODERS:
             raise ValueError(f"unknown decoder {header.get('decoder')!r}")

@@ -24,6 +24,8 @@ FAULT_MODES = frozenset(
 #: Text of allocation failures that do not surface as MemoryError: torch's allocator, FFmpeg's
 #: ENOMEM, an uncaught C++ std::bad_alloc (which aborts the child; found in its stderr).
 ALLOCATION_FAILURES = ("bad_alloc", "allocate memory")
+#: Largest thumbnail the parent accepts from the child (a JPEG of a 256-px frame is ~10 KB).
+MAX_THUMBNAIL_BYTES = 1 << 20
 #: Smallest step between consecutive clip windows (a 1 ms step gave thousands of windows per
 #: video), and the shortest trailing window kept when a video has others.
 MIN_CLIP_STRIDE_S = 1.0
@@ -32,13 +34,15 @@ _HEADER = struct.Struct(">IQ")  # header length, payload length
 _MAX_HEADER_BYTES = 64 << 20
 
 
-def write_message(out: BinaryIO, header: dict, payload: Any = b"") -> None:
-    """Send a JSON header and a raw payload (bytes or a C-contiguous array)."""
+def write_message(out: BinaryIO, header: dict, *payload: Any) -> None:
+    """Send a JSON header and a raw payload: the parts given (bytes or C-contiguous arrays),
+    one after the other, without joining them first."""
     data = json.dumps(header).encode()
-    view = memoryview(payload).cast("B")
-    out.write(_HEADER.pack(len(data), view.nbytes))
+    views = [memoryview(part).cast("B") for part in payload]
+    out.write(_HEADER.pack(len(data), sum(v.nbytes for v in views)))
     out.write(data)
-    out.write(view)
+    for view in views:
+        out.write(view)
     out.flush()
 
 

@@ -11,13 +11,15 @@ from ..schema import Status
 
 
 class Clip(NamedTuple):
-    """One decoded clip: frames uint8 `[T, size, size, 3]`, frame_indices int32 `[T]`."""
+    """One decoded clip: frames uint8 `[T, size, size, 3]`, frame_indices int32 `[T]`, and a
+    JPEG of its middle sampled frame at the video's aspect ratio (None when off)."""
 
     index: int
     start_s: float
     end_s: float
     frames: np.ndarray
     frame_indices: np.ndarray
+    thumbnail: bytes | None = None
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,8 @@ class DecodeStage:
 
     Output columns: video_id, uri (redacted), clip_index (int32), clip_start_s, clip_end_s
     (float64), frames (a fixed-shape uint8 tensor `[T, size, size, 3]` per row, zeros on
-    error rows: :func:`pipeline.schema.frames_array`), frame_indices (list<int32>), decoder,
+    error rows: :func:`pipeline.schema.frames_array`), frame_indices (list<int32>), thumbnail
+    (binary JPEG of the clip's middle sampled frame, null when off), decoder,
     status, message, attempts (int32), content_version, num_clips (int32: rows of the video
     in all) and decode_seconds (the video's wall time split over its rows). On error rows
     clip_index, the bounds and frame_indices are null, as are decoder and content_version
@@ -144,6 +145,7 @@ class DecodeStage:
         num_out = sum(max(1, len(r.clips)) for _, r, _ in results)
         frames = np.zeros((num_out, t, size, size, 3), np.uint8)
         indices: list[list[int] | None] = []
+        thumbs: list[bytes | None] = []
         rows: dict[str, list] = {name: [] for name in _ROW_TYPES}
         source = []
         for src, (video_id, result, seconds) in enumerate(results):
@@ -152,6 +154,7 @@ class DecodeStage:
                 if clip is not None:
                     frames[len(source)] = clip.frames
                 indices.append(clip.frame_indices.tolist() if clip is not None else None)
+                thumbs.append(clip.thumbnail if clip is not None else None)
                 source.append(src)
                 values = {
                     schema.VIDEO_ID: video_id,
@@ -173,6 +176,7 @@ class DecodeStage:
         columns = {name: pa.array(rows[name], _ROW_TYPES[name]) for name in _ROW_TYPES}
         columns[schema.FRAMES] = schema.frames_array(frames)
         columns[schema.FRAME_INDICES] = pa.array(indices, pa.list_(pa.int32()))
+        columns[schema.THUMBNAIL] = pa.array(thumbs, pa.binary())
         take = pa.array(np.asarray(source, np.int64) + first, pa.int64())
         for name in batch.column_names:
             if name not in _MANIFEST_COLUMNS and name not in columns:
