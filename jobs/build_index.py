@@ -3,7 +3,10 @@
 Nightly refreshes keep the index up to date by themselves (`pipeline.lifecycle`); this
 job forces a full rebuild, e.g. after changing `IndexConfig` or loading a big backfill.
 
-    vidcat index --db s3://bucket/lancedb [--table videos]
+    vidcat index --db s3://bucket/lancedb [--table videos] [--fts auto|none|COL,...]
+
+It also builds the full-text indices hybrid search uses (`--fts`, default: every text
+metadata column) and the key index of the thumbnails table.
 
 The index report (JSON) goes to stdout; errors to stderr (`error: …`, exit 2; exit 4 when
 another writer holds the table's lease). The build holds the lease.
@@ -25,8 +28,16 @@ from jobs.common import (
     s3_config,
     setup_logging,
 )
-from pipeline.db import DatabaseNotFound, StoreError, TableSchemaError, open_table
-from pipeline.index import INDEX_TYPES, IndexConfig, build_index
+from pipeline import schema
+from pipeline.db import DatabaseNotFound, StoreError, TableSchemaError, catalog_tables, open_table
+from pipeline.index import (
+    INDEX_TYPES,
+    IndexConfig,
+    build_fts_indices,
+    build_index,
+    build_key_index,
+    text_columns,
+)
 from pipeline.lease import Lease, LeaseHeld
 from pipeline.runs import new_run_id
 
@@ -51,6 +62,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p.add_argument(
         "--keep-existing", action="store_true", help="only build indices that do not exist yet"
     )
+    p.add_argument(
+        "--fts",
+        default="auto",
+        help="text columns to give a full-text index, for hybrid search: auto (every text "
+        "metadata column), none, or a comma-separated list",
+    )
     add_s3_arguments(p)
     add_lease_arguments(p)
     args = p.parse_args(argv)
@@ -61,13 +78,33 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         table = open_table(args.db, args.table, s3.storage_options())
         owner = new_run_id("index")
         with Lease(args.db, args.table, owner, "index build", s3, lease_config(args)):
-            report = build_index(table, config, replace=not args.keep_existing)
+            replace = not args.keep_existing
+            report = build_index(table, config, replace=replace)
+            fts = _fts_columns(args.fts, table)
+            report["fts_indices"] = build_fts_indices(table, fts, replace=replace)
+            thumbs = catalog_tables(args.db, args.table, s3.storage_options()).get(
+                schema.thumbnails_table_name(args.table)
+            )
+            report["thumbnail_index"] = (
+                build_key_index(thumbs, replace=replace) if thumbs is not None else None
+            )
     except (UsageError, DatabaseNotFound, StoreError, TableSchemaError, ValueError) as exc:
         return fail(exc)
     except LeaseHeld as exc:
         return lease_held(exc)
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _fts_columns(value: str, table) -> list[str]:
+    if value == "auto":
+        return text_columns(table)
+    if value == "none":
+        return []
+    columns = [c.strip() for c in value.split(",") if c.strip()]
+    if not columns:
+        raise UsageError("--fts takes auto, none or a comma-separated list of columns")
+    return columns
 
 
 if __name__ == "__main__":

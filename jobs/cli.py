@@ -18,6 +18,7 @@ COMMANDS = {
     "rollback": ("rollback", "list refresh tags, or restore every catalog table to one"),
     "lease": ("lease", "show who holds a table's write lease, or break it"),
     "check": ("check_table", "verify a catalog's tables against their contract (and repair)"),
+    "serve": ("serve", "serve a table's search API and page over HTTP (read only)"),
     "thumbnails": ("thumbnails", "make thumbnails for clips that have none (a backfill)"),
     "sample-catalog": ("make_sample_catalog", "write a synthetic catalog and its manifest"),
     "demo": ("demo", "make the sample catalog, embed it and search it"),

@@ -3,6 +3,12 @@
     vidcat query text "a red circle moving right" --db demo_out/lancedb --k 5
     vidcat query similar sample-000007 --db demo_out/lancedb --format json
     vidcat query video clip.mp4 --db demo_out/lancedb --format csv
+    vidcat query image still.png --db demo_out/lancedb --filter category:eq:circle
+    vidcat query clip sample-000007:0 --db demo_out/lancedb --offset 10
+
+`--filter column:op:value` (repeatable; ops eq ne lt le gt ge in contains prefix null
+notnull, see pipeline/filters.py) is checked against the table's columns and types;
+`--where` takes raw SQL. `--hybrid` fuses the text search with the full-text index.
 
 Results go to stdout (an aligned table, JSON or CSV); log lines and errors to stderr.
 Exit codes: 0 results printed (possibly none); 2 the query cannot run as asked
@@ -105,17 +111,37 @@ def model_spec(args: argparse.Namespace, embedded: tuple[str, int] | None, s3: A
     )
 
 
+def _combine(where: str | None, filters: str | None) -> str | None:
+    """`--where` and the `--filter`s together (both must hold)."""
+    if where and filters:
+        return f"({where}) AND {filters}"
+    return where or filters
+
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Search a vidcat embeddings table by text, by catalog video or by video file.",
     )
-    p.add_argument("mode", choices=("text", "similar", "video"))
-    p.add_argument("arg", help="query text, video_id, or video path/URI")
+    p.add_argument("mode", choices=("text", "similar", "clip", "video", "image"))
+    p.add_argument("arg", help="query text, video_id, clip_id, or video/image path or URI")
     p.add_argument("--db", required=True, help="LanceDB directory or s3:// URI")
     p.add_argument("--table", default="videos")
     p.add_argument("--k", type=int, default=10, help="results to return")
+    p.add_argument("--offset", type=int, default=0, help="results to skip (paging)")
     p.add_argument("--where", default=None, help="SQL filter, e.g. \"category = 'sports'\"")
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="COLUMN:OP:VALUE",
+        help="structured filter, checked against the table (repeatable; all must hold)",
+    )
+    p.add_argument(
+        "--hybrid",
+        action="store_true",
+        help="text: fuse with the full-text index of the text columns (vidcat index --fts)",
+    )
     p.add_argument("--rerank", action="store_true", help="re-rank text results (match head)")
     p.add_argument("--rerank-k", type=int, default=32, help="cosine candidates to re-rank")
     p.add_argument("--rerank-tokens", choices=TOKEN_SOURCES, default="auto")
@@ -142,13 +168,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     )
     if args.rerank and args.mode != "text":
         return fail(f"--rerank re-ranks text queries only; {args.mode} queries cannot use it")
+    if args.hybrid and args.mode != "text":
+        return fail(f"--hybrid applies to text queries only, not {args.mode} queries")
     search = None
     try:
         s3 = s3_config(args)
         options = s3.storage_options()
         probe = CatalogSearch(args.db, args.table, storage_options=options)
         model = None
-        if args.mode != "similar":
+        if args.mode not in ("similar", "clip"):
             model = model_spec(args, probe.embedded_with(), s3)
         search = CatalogSearch(
             args.db,
@@ -159,12 +187,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             device=args.device,
             rerank_tokens=args.rerank_tokens,
         )
+        where = _combine(args.where, search.filter_sql(args.filter))
+        page = {"offset": args.offset}
         if args.mode == "text":
-            rows = search.text(args.arg, args.k, args.where, args.rerank, args.rerank_k)
+            mode = "hybrid" if args.hybrid else "vector"
+            rows = search.text(
+                args.arg, args.k, where, args.rerank, args.rerank_k, mode=mode, **page
+            )
         elif args.mode == "similar":
-            rows = search.similar(args.arg, args.k, args.where)
+            rows = search.similar(args.arg, args.k, where, **page)
+        elif args.mode == "clip":
+            rows = search.similar_clip(args.arg, args.k, where, **page)
+        elif args.mode == "image":
+            rows = search.image(args.arg, args.k, where, **page)
         else:
-            rows = search.video(args.arg, args.k, args.where)
+            rows = search.video(args.arg, args.k, where, **page)
     except (QueryError, UsageError, ValueError) as exc:  # TokenizerError becomes QueryError
         return fail(exc)
     finally:

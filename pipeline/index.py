@@ -36,11 +36,18 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from lancedb.index import Bitmap, BTree, HnswSq, IvfFlat, IvfPq, IvfSq
+from lancedb.index import FTS, Bitmap, BTree, HnswSq, IvfFlat, IvfPq, IvfSq
 from lancedb.query import LanceVectorQueryBuilder
 
 from pipeline.compat import compact, tune_vector_query
-from pipeline.schema import EMBED_DIM, EMBEDDING, RESULT_COLUMNS, VIDEO_ID
+from pipeline.schema import (
+    CLIP_ID,
+    EMBED_DIM,
+    EMBEDDING,
+    RESULT_COLUMNS,
+    VIDEO_ID,
+    embeddings_schema,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +124,7 @@ class IndexConfig:
     nprobes: int = 2
     ef: int | None = 100
     refine_factor: int | None = 2
-    btree_columns: tuple[str, ...] = (VIDEO_ID,)
+    btree_columns: tuple[str, ...] = (VIDEO_ID, CLIP_ID)
     bitmap_columns: tuple[str, ...] = field(default=())
     retrain_growth: float = 2.0
     retrain_backlog: float = 0.5
@@ -412,3 +419,70 @@ def vector_search(
         result = run(exact=True)
     score = pc.subtract(pa.scalar(1.0, pa.float32()), result[DISTANCE])
     return result.append_column(SCORE, score)
+
+
+# ---- full-text and side-table indices ----------------------------------------------------
+def text_columns(table: lancedb.table.Table) -> list[str]:
+    """The table's text metadata columns (manifest columns of string type): what a hybrid
+    search can match words in (captions, titles, categories)."""
+    pipeline = set(embeddings_schema().names)
+    return [
+        f.name
+        for f in table.schema
+        if f.name not in pipeline
+        and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+    ]
+
+
+def fts_columns(table: lancedb.table.Table) -> list[str]:
+    """Columns that have a full-text index."""
+    return sorted(
+        c
+        for idx in table.list_indices()
+        if str(idx.index_type).upper() == "FTS"
+        for c in idx.columns
+    )
+
+
+def build_fts_indices(
+    table: lancedb.table.Table, columns: Sequence[str], *, replace: bool = True
+) -> list[dict[str, Any]]:
+    """A full-text (inverted) index on each text column, for hybrid search.
+
+    Rows added later are searched unindexed until the next `Table.optimize()`
+    (:func:`update_index`, the nightly maintenance) folds them in, as for the vector index.
+
+    Returns:
+        One `column`, `type` ("FTS"), `seconds` per index built.
+    """
+    known = set(text_columns(table))
+    unknown = [c for c in columns if c not in known]
+    if unknown:
+        raise ValueError(
+            f"no text metadata column {', '.join(map(repr, unknown))} for a full-text index "
+            f"(text columns: {', '.join(sorted(known)) or 'none'})"
+        )
+    existing = set(fts_columns(table))
+    report = []
+    for column in columns:
+        if column in existing and not replace:
+            continue
+        start = time.perf_counter()
+        table.create_index(
+            column, config=FTS(with_position=False), replace=True, name=f"{column}_fts_idx"
+        )
+        report.append({"column": column, "type": "FTS", "seconds": time.perf_counter() - start})
+        logger.info("full-text index on %r built", column)
+    return report
+
+
+def build_key_index(table: lancedb.table.Table, *, replace: bool = True) -> dict[str, Any] | None:
+    """A BTREE on `clip_id` of a side table keyed by clip (thumbnails), so a page's lookup
+    by key reads one row instead of scanning the key column; None when it exists (and not
+    `replace`)."""
+    name = f"{CLIP_ID}_idx"
+    if not replace and name in {idx.name for idx in table.list_indices()}:
+        return None
+    start = time.perf_counter()
+    table.create_index(CLIP_ID, config=BTree(), replace=True, name=name)
+    return {"column": CLIP_ID, "type": "BTREE", "seconds": time.perf_counter() - start}

@@ -27,13 +27,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from lancedb.expr import col
 
 from . import schema
 from .compat import sql_string
 from .db import DatabaseNotFound, StoreError, TableSchemaError, open_table
 from .decode import DecodeConfig, IsolatedDecoder
-from .index import SCORE, IndexConfig, config_for_table, vector_search
+from .filters import Filter, FilterError, filterable_columns, to_sql
+from .index import SCORE, IndexConfig, config_for_table, fts_columns, vector_search
 from .models import ModelSpec, tokenizer_for
 from .rerank import CANDIDATE_COLUMNS, RERANK_SCORE, RerankConfig, Reranker
 from .runs import RunFiles
@@ -51,6 +53,10 @@ logger = logging.getLogger(__name__)
 _PIPELINE_COLUMNS = frozenset(schema.embeddings_schema().names)
 #: Most rows one query may ask for (LanceDB takes a 32-bit limit; no page needs more).
 MAX_K = 10_000
+#: Search modes of text queries: embeddings only, or fused with full-text search.
+MODES = ("vector", "hybrid")
+#: Score column of hybrid results besides `score` (their fused rank score).
+COSINE = "cosine"
 
 
 class QueryError(ValueError):
@@ -83,10 +89,17 @@ def _local_query_path(path_or_uri: str) -> str:
     return resolved.path if resolved.kind == "local" else path_or_uri
 
 
-def _check_k(name: str, k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_K:
-        raise QueryError(f"{name} must be an integer from 1 to {MAX_K}, got {k!r}")
+def _check_k(name: str, k: Any, low: int = 1) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not low <= k <= MAX_K:
+        raise QueryError(f"{name} must be an integer from {low} to {MAX_K}, got {k!r}")
     return int(k)
+
+
+def _check_page(k: Any, offset: Any) -> tuple[int, int]:
+    k, offset = _check_k("k", k), _check_k("offset", offset, low=0)
+    if k + offset > MAX_K:
+        raise QueryError(f"k + offset must be at most {MAX_K}, got {k + offset}")
+    return k, offset
 
 
 def check_where(where: str | None) -> str | None:
@@ -137,6 +150,8 @@ class CatalogSearch:
         rerank_decoders: decoder processes re-decoding candidates in parallel when tokens
             are recomputed (default: `RerankConfig`'s, up to 4).
         read_consistency_interval: how stale a read may be; 0 sees every refresh at once.
+        query_max_duration_s: longest query video decoded (None: the table's decode limit);
+            a server taking uploads sets it.
     """
 
     def __init__(
@@ -154,8 +169,10 @@ class CatalogSearch:
         rerank_decoders: int | None = None,
         read_consistency_interval: timedelta = timedelta(0),
         index_recheck: timedelta = timedelta(seconds=5),
+        query_max_duration_s: float | None = None,
     ) -> None:
         self.db_uri, self.table_name = db_uri, table
+        self.query_max_duration_s = query_max_duration_s
         self.model, self.device = model, device
         self._index_arg, self._index_for = index, None
         self._index_recheck_s, self._index_checked = index_recheck.total_seconds(), -math.inf
@@ -175,7 +192,7 @@ class CatalogSearch:
         self._s3 = S3Config.from_storage_options(self._storage_options)
         self._reranker: Reranker | None = None
         self._query_decoders: dict[DecodeConfig, IsolatedDecoder] = {}
-        self._tokens_table = None
+        self._tokens_table = self._thumbnails_table = None
         self._shown = f"{table!r} in {redact_uri(db_uri)}"
         self._consistency = read_consistency_interval
         self.table = self._open(table)
@@ -189,45 +206,58 @@ class CatalogSearch:
         rerank: bool = False,
         rerank_k: int = 32,
         vector: np.ndarray | None = None,
+        *,
+        offset: int = 0,
+        mode: str = "vector",
     ) -> pa.Table:
         """Clips matching a text, best first.
 
         Args:
             query: the text (non-empty).
             k: rows to return.
-            where: SQL filter over the table's columns, applied before the search.
-            rerank: re-order the top `max(k, rerank_k)` cosine candidates by the match
+            where: SQL filter over the table's columns, applied before the search
+                (:meth:`filter_sql` writes one from structured filters).
+            rerank: re-order the top `max(k + offset, rerank_k)` candidates by the match
                 logit (needs the model); adds `rerank_score`.
             rerank_k: candidates to re-rank.
-            vector: precomputed unit-norm `[512]` query embedding (skips the text encoder).
+            vector: precomputed unit-norm `[512]` query embedding (skips the text encoder;
+                :meth:`embed_text` makes one).
+            offset: rows to skip (the next page starts at `offset + k`).
+            mode: `vector` (cosine similarity of the embeddings) or `hybrid` (fused with a
+                full-text search of the text columns `vidcat index` indexed; `score` is
+                then the fused reciprocal-rank score and `cosine` the similarity).
         """
         if not isinstance(query, str) or not query.strip():
             raise QueryError("the query text is empty")
-        k, rerank_k = _check_k("k", k), _check_k("rerank_k", rerank_k)
+        k, offset = _check_page(k, offset)
+        rerank_k = _check_k("rerank_k", rerank_k)
+        if mode not in MODES:
+            raise QueryError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if rerank and self.model is None:
             raise QueryError("rerank needs a model: pass model=ModelSpec(...) (CLI: --model)")
         hidden = mask = None
         if vector is None or rerank:
-            import torch
+            vector, hidden, mask = self._encode_text(query)
+        n = max(k + offset, rerank_k) if rerank else k + offset
+        if mode == "hybrid":
+            rows = self._hybrid(query, vector, n, where)
+        else:
+            rows = self._search(vector, n, where)
+        if rerank:
+            rows = self.reranker.rerank(
+                rows, hidden, mask, k + offset, self._get_tokens_table(), self.rerank_tokens
+            )
+        return self._present(rows.slice(offset, k))
 
-            from models.internvideo2.tokenizer import tokenize
+    def embed_text(self, query: str) -> np.ndarray:
+        """The unit-norm `[512]` embedding of a text (for `text(vector=...)`)."""
+        if not isinstance(query, str) or not query.strip():
+            raise QueryError("the query text is empty")
+        return self._encode_text(query)[0]
 
-            model = self._get_encoder().model  # before the tokenizer: model errors first
-            ids, mask = tokenize(self._get_tokenizer(), [query])
-            with torch.inference_mode():
-                emb, hidden = model.encode_text(ids, mask)
-            mask = mask.to(hidden.device)
-            if vector is None:
-                vector = emb[0].float().cpu().numpy()
-        rows = self._search(vector, max(k, rerank_k) if rerank else k, where)
-        if not rerank:
-            return self._present(rows)
-        reranked = self.reranker.rerank(
-            rows, hidden, mask, k, self._get_tokens_table(), self.rerank_tokens
-        )
-        return self._present(reranked)
-
-    def similar(self, video_id: str, k: int = 10, where: str | None = None) -> pa.Table:
+    def similar(
+        self, video_id: str, k: int = 10, where: str | None = None, *, offset: int = 0
+    ) -> pa.Table:
         """Clips of other videos like a catalog video, best first.
 
         The query is the mean of the video's clip embeddings, renormalized (one clip: its
@@ -236,40 +266,66 @@ class CatalogSearch:
         """
         if not isinstance(video_id, str) or not video_id:
             raise QueryError("video_id is empty")
-        k = _check_k("k", k)
-        clips = (
-            self.table.search()
-            .where(col(schema.VIDEO_ID) == video_id)
-            .select([schema.CLIP_INDEX, schema.EMBEDDING])
-            .limit(None)
-            .to_arrow()
-            .sort_by(schema.CLIP_INDEX)
-        )
-        if not len(clips):
+        k, offset = _check_page(k, offset)
+        emb = self._embeddings(col(schema.VIDEO_ID) == video_id)
+        if emb is None:
             raise QueryError(f"unknown video_id {video_id!r} in table {self._shown}")
-        emb = clips[schema.EMBEDDING].combine_chunks().flatten().to_numpy()
-        emb = emb.reshape(len(clips), schema.EMBED_DIM)
         vector = _unit(emb.mean(axis=0))
         if vector is None:  # clips pointing in opposite directions: fall back to the first
             vector = emb[0]
-        rows = self._search(vector, k, where, exclude=video_id, checked=False)
-        return self._present(rows)
+        rows = self._search(vector, k + offset, where, exclude=video_id, checked=False)
+        return self._present(rows.slice(offset, k))
 
-    def video(self, path_or_uri: str, k: int = 10, where: str | None = None) -> pa.Table:
+    def similar_clip(
+        self, clip_id: str, k: int = 10, where: str | None = None, *, offset: int = 0
+    ) -> pa.Table:
+        """Clips of other videos like one catalog clip ("more like this"), best first.
+
+        The query is the clip's own embedding; the clips of its video are excluded, as in
+        :meth:`similar`.
+        """
+        if not isinstance(clip_id, str) or not clip_id:
+            raise QueryError("clip_id is empty")
+        k, offset = _check_page(k, offset)
+        row = self.clip(clip_id, columns=[schema.VIDEO_ID, schema.EMBEDDING])
+        if row is None:
+            raise QueryError(f"unknown clip_id {clip_id!r} in table {self._shown}")
+        vector = np.asarray(row[schema.EMBEDDING], np.float32)
+        rows = self._search(vector, k + offset, where, exclude=row[schema.VIDEO_ID], checked=False)
+        return self._present(rows.slice(offset, k))
+
+    def video(
+        self, path_or_uri: str, k: int = 10, where: str | None = None, *, offset: int = 0
+    ) -> pa.Table:
         """Clips like a query video (local path, `file://` or `s3://` URI), best first.
 
         The video goes through the pipeline's decode (isolated decoder, same frames, size
         and clip windows) and model; a multi-clip video is the mean of its clip embeddings.
         """
+        return self._search_media(path_or_uri, k, where, offset, still=False)
+
+    def image(
+        self, path_or_uri: str, k: int = 10, where: str | None = None, *, offset: int = 0
+    ) -> pa.Table:
+        """Clips like a still image (PNG, JPEG, WebP or BMP; path or URI), best first.
+
+        The image is decoded by the isolated decoder at the table's frame size and embedded
+        through the model's image path (one frame, the image position embedding).
+        """
+        return self._search_media(path_or_uri, k, where, offset, still=True)
+
+    def embed_media(self, path_or_uri: str, still: bool = False) -> np.ndarray:
+        """The unit-norm `[512]` query embedding of a video (mean of its clips) or of a
+        still image, decoded by the isolated decoder with the table's settings."""
         if not isinstance(path_or_uri, str) or not path_or_uri.strip():
-            raise QueryError("the query video path is empty")
-        k = _check_k("k", k)
+            raise QueryError(f"the query {'image' if still else 'video'} path is empty")
         encoder = self._get_encoder()
         uri = _local_query_path(path_or_uri)
-        decoded = self._query_decoder(uri).decode(uri)
+        decoded = self._query_decoder(uri, still).decode(uri)
         if decoded.status is not Status.OK:
+            what = "image" if still else "video"
             raise QueryError(
-                f"cannot decode query video {decoded.uri}: {decoded.status.value}: "
+                f"cannot decode query {what} {decoded.uri}: {decoded.status.value}: "
                 f"{decoded.message}"
             )
         frames = [c.frames for c in decoded.clips]
@@ -281,7 +337,63 @@ class CatalogSearch:
             ]
         )
         vector = _unit(emb.mean(axis=0))
-        return self._present(self._search(emb[0] if vector is None else vector, k, where))
+        return emb[0] if vector is None else vector
+
+    def search_vector(
+        self,
+        vector: np.ndarray,
+        k: int = 10,
+        where: str | None = None,
+        *,
+        offset: int = 0,
+    ) -> pa.Table:
+        """Clips nearest a query embedding (from :meth:`embed_text` or :meth:`embed_media`)."""
+        k, offset = _check_page(k, offset)
+        return self._present(self._search(vector, k + offset, where).slice(offset, k))
+
+    # ---- the catalog --------------------------------------------------------------------
+    def clip(self, clip_id: str, columns: list[str] | None = None) -> dict[str, Any] | None:
+        """One clip's row (`columns`, default the result columns and metadata), or None."""
+        if not isinstance(clip_id, str) or not clip_id:
+            return None
+        names = columns or [*RESULT_COLUMNS, *self._metadata_columns()]
+        rows = (
+            self.table.search()
+            .where(col(schema.CLIP_ID) == clip_id)
+            .select(names)
+            .limit(1)
+            .to_arrow()
+        )
+        return rows.to_pylist()[0] if len(rows) else None
+
+    def thumbnail(self, clip_id: str) -> bytes | None:
+        """A clip's JPEG thumbnail, or None (no such clip, or none was made)."""
+        table = self._get_thumbnails_table()
+        if table is None or not isinstance(clip_id, str) or not clip_id:
+            return None
+        rows = (
+            table.search()
+            .where(col(schema.CLIP_ID) == clip_id)
+            .select([schema.THUMBNAIL])
+            .limit(1)
+            .to_arrow()
+        )
+        return rows[schema.THUMBNAIL][0].as_py() if len(rows) else None
+
+    def filterable_columns(self) -> dict[str, str]:
+        """Columns structured filters may use, with their kind (:mod:`pipeline.filters`)."""
+        return filterable_columns(self.table.schema)
+
+    def filter_sql(self, filters: list[Filter | str]) -> str | None:
+        """One SQL `where` from structured filters checked against this table, or None."""
+        try:
+            return to_sql(filters, self.table.schema)
+        except FilterError as exc:
+            raise QueryError(str(exc)) from None
+
+    def fts_columns(self) -> list[str]:
+        """Columns with a full-text index (what `mode="hybrid"` searches)."""
+        return fts_columns(self.table)
 
     # ---- lifecycle ----------------------------------------------------------------------
     def close(self) -> None:
@@ -397,8 +509,7 @@ class CatalogSearch:
 
     def _present(self, rows: pa.Table) -> pa.Table:
         names = [*RESULT_COLUMNS, SCORE, *self._metadata_columns()]
-        if RERANK_SCORE in rows.column_names:
-            names.append(RERANK_SCORE)
+        names += [c for c in (COSINE, RERANK_SCORE) if c in rows.column_names]
         rows = rows.select([n for n in names if n in rows.column_names])
         if schema.URI in rows.column_names and len(rows):
             uris = [self.openable_uri(u) for u in rows[schema.URI].to_pylist()]
@@ -459,11 +570,99 @@ class CatalogSearch:
                 return None
         return self._tokens_table
 
-    def _query_decoder(self, uri: str) -> IsolatedDecoder:
-        """A decoder with the table's settings that may read this query video."""
+    def _get_thumbnails_table(self):
+        """The thumbnails side table, when the pipeline (or a backfill) wrote one."""
+        if self._thumbnails_table is None:
+            try:
+                self._thumbnails_table = self._open(schema.thumbnails_table_name(self.table_name))
+            except QueryError:
+                return None
+        return self._thumbnails_table
+
+    def _query_decoder(self, uri: str, still: bool = False) -> IsolatedDecoder:
+        """A decoder with the table's settings that may read this query video (or image:
+        one frame at the table's frame size)."""
         config = dataclasses.replace(self.decode, base_dir=None)
+        if still:
+            config = dataclasses.replace(config, num_frames=1, still_image=True)
+        config = dataclasses.replace(config, thumbnail_size=0)
+        if self.query_max_duration_s is not None:
+            config = dataclasses.replace(config, max_duration_s=self.query_max_duration_s)
         if os.path.isabs(uri):  # a local file, resolved by `_local_query_path`
             config = dataclasses.replace(config, allowed_roots=(os.path.dirname(uri),))
         if config not in self._query_decoders:
             self._query_decoders[config] = IsolatedDecoder(config)
         return self._query_decoders[config]
+
+    def _encode_text(self, query: str):
+        """(unit `[512]` embedding, text hidden states, mask) of one query text."""
+        import torch
+
+        from models.internvideo2.tokenizer import tokenize
+
+        model = self._get_encoder().model  # before the tokenizer: model errors first
+        ids, mask = tokenize(self._get_tokenizer(), [query])
+        with torch.inference_mode():
+            emb, hidden = model.encode_text(ids, mask)
+        return emb[0].float().cpu().numpy(), hidden, mask.to(hidden.device)
+
+    def _embeddings(self, predicate) -> np.ndarray | None:
+        """`[n, 512]` embeddings of the clips matching `predicate` (clip order), or None."""
+        clips = (
+            self.table.search()
+            .where(predicate)
+            .select([schema.CLIP_INDEX, schema.EMBEDDING])
+            .limit(None)
+            .to_arrow()
+            .sort_by(schema.CLIP_INDEX)
+        )
+        if not len(clips):
+            return None
+        emb = clips[schema.EMBEDDING].combine_chunks().flatten().to_numpy()
+        return emb.reshape(len(clips), schema.EMBED_DIM)
+
+    def _search_media(
+        self, path_or_uri: str, k: int, where: str | None, offset: int, still: bool
+    ) -> pa.Table:
+        k, offset = _check_page(k, offset)
+        vector = self.embed_media(path_or_uri, still=still)
+        return self._present(self._search(vector, k + offset, where).slice(offset, k))
+
+    def _hybrid(self, query: str, vector: np.ndarray, n: int, where: str | None) -> pa.Table:
+        """Vector search fused with full-text search (reciprocal rank fusion, LanceDB's)."""
+        from lancedb.rerankers import RRFReranker
+
+        check_where(where)
+        fts = self.fts_columns()
+        if not fts:
+            raise QueryError(
+                f"table {self._shown} has no full-text index for mode=hybrid: build one with "
+                "`vidcat index --fts COLUMN`"
+            )
+        extra = (schema.MODEL, *CANDIDATE_COLUMNS)
+        columns = list(dict.fromkeys([*RESULT_COLUMNS, *extra, *self._metadata_columns()]))
+        builder = (
+            self.table.search(
+                query_type="hybrid", vector_column_name=schema.EMBEDDING, fts_columns=fts
+            )
+            .vector(np.asarray(vector, np.float32))
+            .text(query)
+            .distance_type("cosine")
+            .select(columns)
+            .rerank(RRFReranker(return_score="all"))
+            .limit(n)
+        )
+        if where:
+            builder = builder.where(where, prefilter=True)
+        try:
+            rows = builder.to_arrow()
+        except ValueError as exc:
+            if where is None:
+                raise
+            raise QueryError(f"invalid where clause {where!r}: {exc}") from None
+        cosine = pc.subtract(pa.scalar(1.0, pa.float32()), rows["_distance"].cast(pa.float32()))
+        rows = rows.append_column(SCORE, rows["_relevance_score"].cast(pa.float32()))
+        rows = rows.append_column(COSINE, cosine)
+        if self._encoder is not None and self._encoder.identity is not None:
+            self._check_model(rows)
+        return rows

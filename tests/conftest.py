@@ -121,3 +121,11 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     monkeypatch.setattr(socket.socket, "connect", connect)
     return tried
+
+
+@pytest.fixture(scope="session")
+def served_catalog(ray_cluster, tmp_path_factory):
+    """An embedded sample catalog with thumbnails and full-text indices (tests/serving.py)."""
+    from serving import make_catalog
+
+    return make_catalog(tmp_path_factory.mktemp("served"))

@@ -139,7 +139,7 @@ def test_small_table_is_searched_exactly(table, centres):
     tbl, vectors, _ = table
     report = build_index(tbl, IndexConfig(min_rows_for_index=ROWS + 1))
     assert report["vector_index"] is None
-    assert [s["column"] for s in report["scalar_indices"]] == [VIDEO_ID]
+    assert [s["column"] for s in report["scalar_indices"]] == [VIDEO_ID, CLIP_ID]
     assert not has_vector_index(tbl)
     query = clustered(centres, 1, seed=99)[0][0]
     plan = vector_query(tbl, query, 10).explain_plan()
@@ -267,7 +267,8 @@ def test_update_index_retrains(table, centres, extra, partitions):
 def test_build_index_keeps_existing_indices_without_replace(table):
     tbl, _, _ = table
     first = build_index(tbl, TINY)
-    assert first["vector_index"] is not None and len(first["scalar_indices"]) == 2
+    scalar = len(TINY.btree_columns) + len(TINY.bitmap_columns)
+    assert first["vector_index"] is not None and len(first["scalar_indices"]) == scalar == 3
     again = build_index(tbl, TINY, replace=False)
     assert again["vector_index"] is None and again["scalar_indices"] == []
     assert has_vector_index(tbl)
