@@ -69,9 +69,13 @@ function addFilter(column, op, value) {
   remove.className = "secondary";
   remove.textContent = "×";
   remove.title = "remove this filter";
+  // A column the table lacks (an old link): kept, so the server says what is wrong.
+  const known = (name) => columns.find((x) => x.name === name);
+  if (column && !known(column)) colSel.append(new Option(`${column} (not in the table)`, column));
   const fillOps = () => {
-    const c = columns.find((x) => x.name === colSel.value);
-    opSel.replaceChildren(...c.operators.map((o) => new Option(o, o)));
+    const c = known(colSel.value);
+    const ops = c ? c.operators : state.table.operators;
+    opSel.replaceChildren(...ops.map((o) => new Option(o, o)));
   };
   colSel.addEventListener("change", fillOps);
   opSel.addEventListener("change", () => {
@@ -383,13 +387,13 @@ function asPython(p) {
 }
 
 async function copy(text, what) {
+  document.body.dataset.copied = text;
   try {
     await navigator.clipboard.writeText(text);
     status(`${what} copied`);
-  } catch (_) {
+  } catch (_) {  // no clipboard (plain HTTP on another host): show it to copy by hand
     status(`${what}: ${text}`);
   }
-  document.body.dataset.copied = text;
 }
 
 // ---- keyboard ----------------------------------------------------------------------------
