@@ -290,7 +290,13 @@ def time_job(manifest: str, workdir: str, tag: str) -> dict:
         report = run(cfg)
         wall = time.perf_counter() - started
     assert report.counts.failed == 0, report.counts
-    return {"wall": wall, "cpu": cpu.seconds, "report": report, "by_process": cpu.by_process()}
+    return {
+        "wall": wall,
+        "cpu": cpu.seconds,
+        "report": report,
+        "by_process": cpu.by_process(),
+        "db": db,
+    }
 
 
 def _naive_decode(batch, params: dict, root: str):
@@ -343,6 +349,41 @@ def time_naive(manifest: str, params: dict, cpus: int) -> dict:
         rows = sum(len(b) for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"))
         wall = time.perf_counter() - started
     return {"wall": wall, "cpu": cpu.seconds, "rows": rows}
+
+
+def thumbnail_cost(manifest: str, params: dict, db: str, rounds: int = 3) -> str:
+    """What the thumbnails cost: CPU per clip of the decode child's own function with
+    thumbnails on and off (in this process, the two alternating over `rounds`, the
+    difference being the JPEG encode of one frame per clip), and the bytes per clip the
+    job stored in `<table>_thumbnails`."""
+    import lancedb
+    import pyarrow.compute as pc
+
+    from pipeline.decode.child import decode_path
+    from pipeline.uris import resolve_uri
+
+    base = os.path.dirname(manifest)
+    uris = pq.read_table(manifest, columns=["uri"])["uri"].to_pylist()
+    paths = [resolve_uri(u, (base,), base).path for u in uris]
+    cpu = {True: [], False: []}
+    clips = 0
+    for _ in range(rounds):
+        for on in (True, False):
+            run_params = {**params, "thumbnail_size": params["thumbnail_size"] if on else 0}
+            started = time.process_time()
+            clips = sum(len(decode_path(p, run_params)[0]["clips"]) for p in paths)
+            cpu[on].append((time.process_time() - started) / clips * 1e3)
+    on, off = statistics.median(cpu[True]), statistics.median(cpu[False])
+    thumbs = lancedb.connect(db).open_table("videos_thumbnails").to_arrow()
+    sizes = pc.binary_length(thumbs["thumbnail"])
+    return (
+        f"Thumbnails ({params['thumbnail_size']} px long side, the middle sampled frame as "
+        f"JPEG): decode CPU {on:.2f} ms/clip with, {off:.2f} without (+{on - off:.2f} ms, "
+        f"{(on - off) / off:+.1%}; median of {rounds} alternating rounds over {clips} clips); "
+        f"stored {pc.mean(sizes).as_py() / 1024:.1f} KiB/clip on average "
+        f"[{pc.min(sizes).as_py() / 1024:.1f}-{pc.max(sizes).as_py() / 1024:.1f}] "
+        f"over {len(thumbs)} clips."
+    )
 
 
 def med(values: list[float], fmt: str = ".1f") -> str:
@@ -480,6 +521,9 @@ def main() -> None:
         "actors, decode children)."
     )
     print(f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")
+    if params.get("thumbnail_size"):
+        print()
+        print(thumbnail_cost(small, params, results["small"][-1][1]["db"]))
 
 
 if __name__ == "__main__":

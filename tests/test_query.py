@@ -170,6 +170,101 @@ def test_similar_uses_the_mean_clip_and_excludes_the_video(planted):
         search.text(QUERY)
 
 
+def test_pages_with_offset_are_slices_of_one_ranking(search, planted):
+    full = search.text(QUERY, k=10)["clip_id"].to_pylist()
+    assert len(full) == 10  # every row
+    assert search.text(QUERY, k=3, offset=3)["clip_id"].to_pylist() == full[3:6]
+    assert search.text(QUERY, k=5, offset=7)["clip_id"].to_pylist() == full[7:]
+    similar = search.similar("v1", k=6)["clip_id"].to_pylist()
+    assert search.similar("v1", k=2, offset=4)["clip_id"].to_pylist() == similar[4:6]
+    with pytest.raises(QueryError, match="offset must be an integer from 0"):
+        search.text(QUERY, offset=-1)
+    with pytest.raises(QueryError, match="k \\+ offset must be at most"):
+        search.text(QUERY, k=10, offset=query.MAX_K)
+
+
+def test_similar_clip_uses_the_clip_and_excludes_its_video(search, planted):
+    rows = planted[1]
+    out = search.similar_clip("v0#00001", k=4)
+    assert len(out) == 4 and "v0" not in out["video_id"].to_pylist()
+    expected = sorted(
+        (c for c in rows if not c.startswith("v0#")),
+        key=lambda c: -float(rows[c]["embedding"] @ rows["v0#00001"]["embedding"]),
+    )[:4]
+    assert out["clip_id"].to_pylist() == expected
+    with pytest.raises(QueryError, match="unknown clip_id 'nope'"):
+        search.similar_clip("nope")
+    assert search.clip("v3#00000")["caption"] == QUERY and search.clip("nope") is None
+    assert search.thumbnail("v3#00000") is None  # no thumbnails table here
+
+
+def test_structured_filters_and_hybrid_mode(search, planted):
+    where = search.filter_sql(["category:eq:news"])
+    out = search.text(QUERY, k=10, where=where)
+    assert set(out["category"].to_pylist()) == {"news"} and out["clip_id"][0].as_py() == PLANTED
+    with pytest.raises(QueryError, match="no filterable column 'nope'"):
+        search.filter_sql(["nope:eq:x"])
+    with pytest.raises(QueryError, match="no full-text index for mode=hybrid"):
+        search.text(QUERY, mode="hybrid")
+    with pytest.raises(QueryError, match="mode must be one of"):
+        search.text(QUERY, mode="fts")
+
+
+def test_hybrid_finds_the_words_the_embeddings_miss(tmp_path):
+    """Embeddings that know nothing (all equal) and one caption with the query's word:
+    the full-text side of the hybrid search puts it first."""
+    from pipeline.index import build_fts_indices
+
+    db = str(tmp_path / "db")
+    same = unit(np.ones(512))
+    words = ["harbour at dawn", "a zebra crossing", "city traffic", "forest walk"]
+    write_clips(db, "videos", [
+        {"video_id": f"w{i}", "embedding": same, "caption": c, "category": "x"}
+        for i, c in enumerate(words)
+    ])  # fmt: skip
+    table = lancedb.connect(db).open_table("videos")
+    build_fts_indices(table, ["caption"])
+    with CatalogSearch(db, model=SPEC) as search:
+        assert search.fts_columns() == ["caption"]
+        out = search.text("zebra", k=4, mode="hybrid")
+        assert out["clip_id"][0].as_py() == "w1#00000"
+        assert out.column_names[-1] == query.COSINE
+        cosine = out["cosine"].to_numpy()  # equal embeddings: one similarity for all
+        np.testing.assert_allclose(cosine, cosine[0], atol=1e-5)
+        only = search.text("zebra", k=4, mode="hybrid", where="video_id != 'w1'")
+        assert "w1#00000" not in only["clip_id"].to_pylist()
+
+
+def test_image_query_takes_the_one_frame_path(tmp_path):
+    """A still goes through the isolated decoder (still-image mode) and the model's T=1
+    image path: the same as embedding that one frame through the encoder directly."""
+    from media import write_png
+
+    from pipeline.embed import encode_frames
+
+    root = tmp_path / "media"
+    root.mkdir()
+    write_png(root / "still.png", width=80, height=60)
+    write_video(root / "v.mp4", 30)
+    decode = DecodeConfig(allowed_roots=(str(root),))
+    db = str(tmp_path / "db")
+    write_clips(db, "videos", [
+        {"video_id": f"i{i}", "embedding": unit(np.random.default_rng(i).normal(size=512)),
+         "caption": "c", "category": "x"}
+        for i in range(5)
+    ])  # fmt: skip
+    with CatalogSearch(db, model=SPEC, decode=decode, device="cpu") as search:
+        vector = search.embed_media(str(root / "still.png"), still=True)
+        out = search.image(str(root / "still.png"), k=3)
+        model = search._get_encoder().model
+        with pytest.raises(QueryError, match="cannot decode query image"):
+            search.image(str(root / "v.mp4"))
+    frame = np.full((1, 1, decode.size, decode.size, 3), 200, np.uint8)
+    expected = encode_frames(model, frame)[0][0]
+    np.testing.assert_allclose(vector, expected, atol=1e-4)
+    assert len(out) == 3
+
+
 @pytest.mark.parametrize("odd", ["x\\'y", "o'k", "back\\slash", "x' OR '1'='1", "ü"])
 def test_similar_takes_any_video_id(tmp_path, odd):
     db = str(tmp_path / "db")
@@ -415,6 +510,28 @@ def test_cli_json_csv_and_table(planted, capsys):
     assert len(lines) == 7 and any("…" in line for line in lines)  # the long caption
     widths = {len(line.rstrip()) for line in lines[2:]}
     assert max(widths) <= len(lines[1])
+
+
+def test_cli_filters_modes_and_paging(planted, capsys):
+    db = planted[0]
+    args = ["--db", db, "--format", "json"]
+    assert main(["text", QUERY, *args, "--k", "9"]) == 0
+    full = [r["clip_id"] for r in json.loads(capsys.readouterr().out)]
+    assert main(["text", QUERY, *args, "--k", "3", "--offset", "3"]) == 0
+    assert [r["clip_id"] for r in json.loads(capsys.readouterr().out)] == full[3:6]
+    assert main(["text", QUERY, *args, "--filter", "category:eq:sports", "--filter",
+                 "caption:prefix:clip"]) == 0  # fmt: skip
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and all(r["category"] == "sports" and r["caption"].startswith("clip") for r in rows)
+    assert main(["clip", "v0#00001", *args, "--k", "3", "--where", "category = 'news'"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 3 and {r["category"] for r in rows} == {"news"}
+    assert main(["text", QUERY, *args, "--filter", "views:gt:3"]) == 2
+    assert "no filterable column 'views'" in capsys.readouterr().err
+    assert main(["similar", "v1", *args, "--hybrid"]) == 2
+    assert "--hybrid applies to text queries only" in capsys.readouterr().err
+    assert main(["text", QUERY, *args, "--hybrid"]) == 2
+    assert "vidcat index --fts" in capsys.readouterr().err
 
 
 def test_cli_errors_exit_2(planted, capsys):
