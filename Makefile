@@ -8,7 +8,7 @@ CHECKPOINT ?=
 # the query fetches it from the hub, and the demo refuses to start when HF_HUB_OFFLINE is set.
 TOKENIZER ?=
 
-.PHONY: setup test lint format demo bench clean
+.PHONY: setup test lint format demo serve bench clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,11 @@ format: setup
 demo: setup
 	$(PY) jobs/demo.py --out $(DEMO) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
 		$(if $(TOKENIZER),--tokenizer $(TOKENIZER))
+
+# The search page and API on the demo table (make demo first): http://127.0.0.1:8080/
+serve: setup
+	$(PY) jobs/serve.py --db $(DEMO)/lancedb $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
+		$(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(if $(PORT),--port $(PORT))
 
 bench: setup
 	$(PY) benchmarks/encoder_throughput.py --tiny

@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     )
     if code:
         return code
+    index_text(str(out / "lancedb"))
     from jobs import query
 
     qargs = ["text", args.query, "--db", str(out / "lancedb"), "--k", "5", *model]
@@ -115,7 +116,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         qargs += ["--tokenizer", args.tokenizer]
     note = "" if args.checkpoint else "  (random model: scores are meaningless)"
     print(f"\nquery: {args.query!r}{note}")
-    return query.main(qargs)
+    code = query.main(qargs)
+    print(f"\nsearch page: make serve   (or: vidcat serve --db {out / 'lancedb'})")
+    return code
+
+
+def index_text(db: str) -> None:
+    """The full-text indices of the caption and category columns (hybrid search on the
+    page) and the thumbnails' key index; the demo table is too small for a vector index."""
+    from pipeline.db import catalog_tables
+    from pipeline.index import build_fts_indices, build_key_index, text_columns
+
+    tables = catalog_tables(db, "videos")
+    build_fts_indices(tables["videos"], text_columns(tables["videos"]))
+    if "videos_thumbnails" in tables:
+        build_key_index(tables["videos_thumbnails"])
 
 
 if __name__ == "__main__":

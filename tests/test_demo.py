@@ -19,7 +19,7 @@ CHECKPOINT = "/models/InternVideo2-stage2_1b-224p-f4.pt"
 @pytest.fixture
 def calls(monkeypatch):
     """Records the catalog sizes made and the embed/query argument lists."""
-    seen = {"catalog": [], "embed": [], "query": []}
+    seen = {"catalog": [], "embed": [], "query": [], "index": []}
 
     def catalog(out, num_videos):
         seen["catalog"].append(num_videos)
@@ -29,6 +29,7 @@ def calls(monkeypatch):
     monkeypatch.setattr(demo, "make_sample_catalog", catalog)
     monkeypatch.setattr(demo.embed_catalog, "main", lambda argv: seen["embed"].append(argv) or 0)
     monkeypatch.setattr(query, "main", lambda argv: seen["query"].append(argv) or 0)
+    monkeypatch.setattr(demo, "index_text", lambda db: seen["index"].append(db))
     return seen
 
 
@@ -47,7 +48,7 @@ def test_checkpoint_without_tokenizer_offline_is_refused_before_any_work(
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "HF_HUB_OFFLINE" in err and "--tokenizer" in err and "TOKENIZER=" in err
-    assert calls == {"catalog": [], "embed": [], "query": []}
+    assert calls == {"catalog": [], "embed": [], "query": [], "index": []}
     assert not (tmp_path / "catalog").exists() and no_network == []
 
 
@@ -56,7 +57,7 @@ def test_unusable_tokenizer_is_refused_before_any_work(tmp_path, calls, capsys):
         demo.main(["--out", str(tmp_path), "--checkpoint", CHECKPOINT, "--tokenizer", "/nope"])
     assert exit_.value.code == 2
     assert "no WordPiece vocabulary at '/nope'" in capsys.readouterr().err
-    assert calls == {"catalog": [], "embed": [], "query": []}
+    assert calls == {"catalog": [], "embed": [], "query": [], "index": []}
 
 
 def test_tokenizer_reaches_the_query(tmp_path, calls):
