@@ -253,6 +253,24 @@ def test_manifest_videos_and_table_on_s3(ray_cluster, s3_bucket, tmp_path):
     assert len(t) == 3
     assert all(u.startswith(f"s3://{bucket}/catalog/videos/") for u in t[schema.URI].to_pylist())
     assert report.report_uri.startswith(f"s3://{bucket}/db/_vidcat/videos/runs/")
+    # Thumbnails go to S3 with the table, and the server shows them and streams the
+    # videos from S3 without decoding anything.
+    thumbs = conn.open_table("videos_thumbnails").to_arrow()
+    assert sorted(thumbs[schema.CLIP_ID].to_pylist()) == sorted(t[schema.CLIP_ID].to_pylist())
+    from urllib.parse import quote
+
+    import httpx
+
+    from pipeline.serve import SearchService, ServeConfig
+    from pipeline.serve.app import create_app, serve_in_thread
+
+    service = SearchService(ServeConfig(db=f"s3://{bucket}/db", s3=s3, preload_model=False))
+    clip = quote(t[schema.CLIP_ID][0].as_py(), safe="")
+    with serve_in_thread(create_app(service)) as base, httpx.Client(base_url=base) as http:
+        thumb = http.get(f"/api/clips/{clip}/thumbnail")
+        assert thumb.status_code == 200 and thumb.content[:3] == b"\xff\xd8\xff"
+        part = http.get(f"/api/clips/{clip}/media", headers={"Range": "bytes=0-15"})
+        assert part.status_code == 206 and part.content[4:8] == b"ftyp"
 
 
 @pytest.mark.timeout(240)
