@@ -14,6 +14,7 @@ cannot be opened or an option is invalid.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -129,8 +130,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             timeout_graceful_shutdown=5,
         )
     )
-    server.run()
-    return 0 if server.started else 2
+    with contextlib.suppress(SystemExit):  # uvicorn exits when it cannot bind (and logs why)
+        server.run()
+    if not server.started:
+        return fail(f"could not serve on {args.host}:{args.port} (uvicorn logged why above)")
+    return 0
 
 
 class _Server(uvicorn.Server):

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -453,6 +454,13 @@ def test_the_command_line(served_catalog, tmp_path):
     r = subprocess.run([*vidcat, "--db", served_catalog.db, "--host", "0.0.0.0"],
                        capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
     assert r.returncode == 2 and "needs a token" in r.stderr
+    with socket.socket() as taken:  # a port another process holds
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        r = subprocess.run([*vidcat, "--db", served_catalog.db, "--port", port, "--no-model"],
+                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and r.stderr.splitlines()[-1].startswith("error: could not serve")
     proc = subprocess.Popen(
         [*vidcat, "--db", served_catalog.db, "--port", "0", "--lazy-model"],
         stderr=subprocess.PIPE, text=True, env=env,
