@@ -51,6 +51,14 @@ FAILED_AT = "failed_at"
 #: on its long side); in flight from decode to the sink, then in `<table>_thumbnails`.
 THUMBNAIL = "thumbnail"
 
+# ---- near-duplicates table (`vidcat dedup`) -------------------------------------------
+GROUP_ID = "group_id"
+GROUP_SIZE = "group_size"
+REPRESENTATIVE_CLIP_ID = "representative_clip_id"
+SIMILARITY = "similarity"
+VIDEO_CLIPS = "video_clips"
+RUN_ID = "run_id"
+
 # ---- vision-token side table (opt-in, for re-ranking) ----------------------------------
 VISION_TOKENS = "vision_tokens"
 VISION_TOKENS_SHAPE = "vision_tokens_shape"
@@ -187,6 +195,24 @@ def thumbnails_schema() -> pa.Schema:
     )
 
 
+def duplicates_schema() -> pa.Schema:
+    """Arrow schema of the `<table>_duplicates` table: one row per clip that has at least
+    one near-duplicate (docs/table-schema.md)."""
+    return pa.schema(
+        [
+            pa.field(CLIP_ID, pa.string(), nullable=False),
+            pa.field(VIDEO_ID, pa.string(), nullable=False),
+            pa.field(GROUP_ID, pa.string(), nullable=False),
+            pa.field(GROUP_SIZE, pa.int32(), nullable=False),
+            pa.field(REPRESENTATIVE_CLIP_ID, pa.string(), nullable=False),
+            pa.field(SIMILARITY, pa.float32(), nullable=False),
+            pa.field(VIDEO_CLIPS, pa.int32(), nullable=False),
+            pa.field(RUN_ID, pa.string(), nullable=False),
+        ],
+        metadata={SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode()},
+    )
+
+
 def clip_id(video_id: str, clip_index: int) -> str:
     """Stable key of one clip: the video id and the clip's ordinal within it."""
     return f"{video_id}#{clip_index:05d}"
@@ -202,6 +228,10 @@ def vision_tokens_table_name(table: str) -> str:
 
 def thumbnails_table_name(table: str) -> str:
     return f"{table}_thumbnails"
+
+
+def duplicates_table_name(table: str) -> str:
+    return f"{table}_duplicates"
 
 
 # ---- Arrow helpers for the in-flight columns -------------------------------------------

@@ -214,8 +214,12 @@ def is_local(uri: str) -> bool:
 
 def write_json(uri: str, payload: Any, s3: S3Config) -> None:
     """Write `payload` as indented JSON, atomically on local disks (temp file + rename)."""
+    write_bytes(uri, json.dumps(payload, indent=2, sort_keys=True, default=str).encode(), s3)
+
+
+def write_bytes(uri: str, data: bytes, s3: S3Config) -> None:
+    """Write a small file, atomically on local disks (temp file + rename); one PUT on S3."""
     fs, path = filesystem_for(uri, s3)
-    data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
     fs.create_dir(os.path.dirname(path), recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
         tmp = f"{path}.tmp"
