@@ -20,6 +20,7 @@ COMMANDS = {
     "check": ("check_table", "verify a catalog's tables against their contract (and repair)"),
     "serve": ("serve", "serve a table's search API and page over HTTP (read only)"),
     "thumbnails": ("thumbnails", "make thumbnails for clips that have none (a backfill)"),
+    "dedup": ("find_duplicates", "find near-duplicate clips and videos (<table>_duplicates)"),
     "sample-catalog": ("make_sample_catalog", "write a synthetic catalog and its manifest"),
     "demo": ("demo", "make the sample catalog, embed it and search it"),
 }

@@ -28,6 +28,7 @@ from pipeline.build import ResourceConfig
 from pipeline.compat import is_transient
 from pipeline.db import TableSchemaError, short_error
 from pipeline.decode import DecodeConfig
+from pipeline.dedup import DedupConfig
 from pipeline.embed import EmbedConfig
 from pipeline.lease import LeaseConfig, LeaseHeld
 from pipeline.lifecycle import MaintenanceConfig
@@ -103,6 +104,23 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
         type=float,
         default=7.0,
         help="table versions and refresh tags older than this are deleted after the run",
+    )
+    run_g.add_argument(
+        "--dedup",
+        action="store_true",
+        help="after the run, find near-duplicate clips (incremental; vidcat dedup's pass, "
+        "under this run's lease; its report is the run report's `dedup`)",
+    )
+    run_g.add_argument(
+        "--dedup-eps",
+        type=float,
+        default=DedupConfig.eps,
+        help="with --dedup: clips with cosine similarity >= 1 - eps are near-duplicates",
+    )
+    run_g.add_argument(
+        "--dedup-keep",
+        default=DedupConfig.keep,
+        help="with --dedup: representative rule, earliest|longest|COLUMN[:max|:min]",
     )
     run_g.add_argument(
         "--ray-address",
@@ -259,6 +277,7 @@ def build_config(args: argparse.Namespace, has_gpu: bool) -> RunConfig:
         maintenance=None
         if args.no_maintenance
         else MaintenanceConfig(retention=timedelta(days=args.retention_days)),
+        dedup=DedupConfig(eps=args.dedup_eps, keep=args.dedup_keep) if args.dedup else None,
     )
 
 

@@ -145,6 +145,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--rerank", action="store_true", help="re-rank text results (match head)")
     p.add_argument("--rerank-k", type=int, default=32, help="cosine candidates to re-rank")
     p.add_argument("--rerank-tokens", choices=TOKEN_SOURCES, default="auto")
+    p.add_argument(
+        "--dedup",
+        action="store_true",
+        help="one result per near-duplicate group (the best), with group_size (vidcat dedup)",
+    )
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument(
         "--model",
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             rerank_tokens=args.rerank_tokens,
         )
         where = _combine(args.where, search.filter_sql(args.filter))
-        page = {"offset": args.offset}
+        page = {"offset": args.offset, "dedup": args.dedup}
         if args.mode == "text":
             mode = "hybrid" if args.hybrid else "vector"
             rows = search.text(

@@ -7,6 +7,13 @@ index is used when one exists and a small table is scanned exactly. `where` is L
 applied before the search (prefilter). Text queries can be re-ranked with the matching head
 (:mod:`pipeline.rerank`).
 
+With `dedup=True` every query returns one row per near-duplicate group (`vidcat dedup`,
+:mod:`pipeline.dedup`): the best-scoring member, with `group_size` (1 for a clip in no
+group). It asks for `DEDUP_CANDIDATES` x (k + offset) candidates and collapses them, asking
+for more while fewer than k + offset distinct groups came back and more rows exist; `offset`
+then counts groups, so pages do not repeat a group. Without a duplicates table, `dedup=True`
+is a QueryError.
+
 The connection checks for new table versions on every read (`read_consistency_interval`
 0), so a searcher opened before a refresh sees the refreshed rows. The model, the tokenizer
 and the decoder process start on first use, and torch is imported only then: `similar()`
@@ -34,6 +41,7 @@ from . import schema
 from .compat import sql_string
 from .db import DatabaseNotFound, StoreError, TableSchemaError, open_table
 from .decode import DecodeConfig, IsolatedDecoder
+from .dedup import collapse_groups
 from .filters import Filter, FilterError, filterable_columns, to_sql
 from .index import SCORE, IndexConfig, config_for_table, fts_columns, vector_search
 from .models import ModelSpec, tokenizer_for
@@ -57,6 +65,8 @@ MAX_K = 10_000
 MODES = ("vector", "hybrid")
 #: Score column of hybrid results besides `score` (their fused rank score).
 COSINE = "cosine"
+#: With `dedup=True`, candidates fetched per result wanted (then more while too few groups).
+DEDUP_CANDIDATES = 4
 
 
 class QueryError(ValueError):
@@ -193,6 +203,8 @@ class CatalogSearch:
         self._reranker: Reranker | None = None
         self._query_decoders: dict[DecodeConfig, IsolatedDecoder] = {}
         self._tokens_table = self._thumbnails_table = None
+        self._dup_table = None
+        self._dup_groups: tuple[int, pa.Table] | None = None
         self._shown = f"{table!r} in {redact_uri(db_uri)}"
         self._consistency = read_consistency_interval
         self.table = self._open(table)
@@ -209,6 +221,7 @@ class CatalogSearch:
         *,
         offset: int = 0,
         mode: str = "vector",
+        dedup: bool = False,
     ) -> pa.Table:
         """Clips matching a text, best first.
 
@@ -226,6 +239,9 @@ class CatalogSearch:
             mode: `vector` (cosine similarity of the embeddings) or `hybrid` (fused with a
                 full-text search of the text columns `vidcat index` indexed; `score` is
                 then the fused reciprocal-rank score and `cosine` the similarity).
+            dedup: one row per near-duplicate group, with `group_size` (module docstring);
+                with `rerank`, `max(DEDUP_CANDIDATES * (k + offset), rerank_k)` candidates
+                are re-ranked, then collapsed.
         """
         if not isinstance(query, str) or not query.strip():
             raise QueryError("the query text is empty")
@@ -238,15 +254,25 @@ class CatalogSearch:
         hidden = mask = None
         if vector is None or rerank:
             vector, hidden, mask = self._encode_text(query)
-        n = max(k + offset, rerank_k) if rerank else k + offset
-        if mode == "hybrid":
-            rows = self._hybrid(query, vector, n, where)
-        else:
-            rows = self._search(vector, n, where)
-        if rerank:
-            rows = self.reranker.rerank(
-                rows, hidden, mask, k + offset, self._get_tokens_table(), self.rerank_tokens
-            )
+        groups = self._groups() if dedup else None  # no duplicates table: fail before work
+
+        def fetch(n: int) -> pa.Table:
+            if mode == "hybrid":
+                return self._hybrid(query, vector, n, where)
+            return self._search(vector, n, where)
+
+        if not rerank:
+            return self._present(self._page(fetch, k, offset, groups))
+        wanted = k + offset
+        if groups is not None:
+            wanted = min(DEDUP_CANDIDATES * wanted, MAX_K)
+        rows = fetch(max(wanted, rerank_k))
+        rows = self.reranker.rerank(
+            rows, hidden, mask, max(len(rows), 1) if groups is not None else k + offset,
+            self._get_tokens_table(), self.rerank_tokens,
+        )  # fmt: skip
+        if groups is not None:
+            rows = collapse_groups(rows, groups, k + offset)
         return self._present(rows.slice(offset, k))
 
     def embed_text(self, query: str) -> np.ndarray:
@@ -256,13 +282,20 @@ class CatalogSearch:
         return self._encode_text(query)[0]
 
     def similar(
-        self, video_id: str, k: int = 10, where: str | None = None, *, offset: int = 0
+        self,
+        video_id: str,
+        k: int = 10,
+        where: str | None = None,
+        *,
+        offset: int = 0,
+        dedup: bool = False,
     ) -> pa.Table:
         """Clips of other videos like a catalog video, best first.
 
         The query is the mean of the video's clip embeddings, renormalized (one clip: its
         embedding), so a long video is matched as a whole. Every clip of the video itself is
         excluded before the search, so k rows come back whenever k other clips pass `where`.
+        With `dedup`, one row per near-duplicate group (module docstring).
         """
         if not isinstance(video_id, str) or not video_id:
             raise QueryError("video_id is empty")
@@ -273,16 +306,26 @@ class CatalogSearch:
         vector = _unit(emb.mean(axis=0))
         if vector is None:  # clips pointing in opposite directions: fall back to the first
             vector = emb[0]
-        rows = self._search(vector, k + offset, where, exclude=video_id, checked=False)
-        return self._present(rows.slice(offset, k))
+        groups = self._groups() if dedup else None
+
+        def fetch(n: int) -> pa.Table:
+            return self._search(vector, n, where, exclude=video_id, checked=False)
+
+        return self._present(self._page(fetch, k, offset, groups))
 
     def similar_clip(
-        self, clip_id: str, k: int = 10, where: str | None = None, *, offset: int = 0
+        self,
+        clip_id: str,
+        k: int = 10,
+        where: str | None = None,
+        *,
+        offset: int = 0,
+        dedup: bool = False,
     ) -> pa.Table:
         """Clips of other videos like one catalog clip ("more like this"), best first.
 
         The query is the clip's own embedding; the clips of its video are excluded, as in
-        :meth:`similar`.
+        :meth:`similar`. With `dedup`, one row per near-duplicate group.
         """
         if not isinstance(clip_id, str) or not clip_id:
             raise QueryError("clip_id is empty")
@@ -291,28 +334,46 @@ class CatalogSearch:
         if row is None:
             raise QueryError(f"unknown clip_id {clip_id!r} in table {self._shown}")
         vector = np.asarray(row[schema.EMBEDDING], np.float32)
-        rows = self._search(vector, k + offset, where, exclude=row[schema.VIDEO_ID], checked=False)
-        return self._present(rows.slice(offset, k))
+        groups = self._groups() if dedup else None
+
+        def fetch(n: int) -> pa.Table:
+            return self._search(vector, n, where, exclude=row[schema.VIDEO_ID], checked=False)
+
+        return self._present(self._page(fetch, k, offset, groups))
 
     def video(
-        self, path_or_uri: str, k: int = 10, where: str | None = None, *, offset: int = 0
+        self,
+        path_or_uri: str,
+        k: int = 10,
+        where: str | None = None,
+        *,
+        offset: int = 0,
+        dedup: bool = False,
     ) -> pa.Table:
         """Clips like a query video (local path, `file://` or `s3://` URI), best first.
 
         The video goes through the pipeline's decode (isolated decoder, same frames, size
         and clip windows) and model; a multi-clip video is the mean of its clip embeddings.
+        With `dedup`, one row per near-duplicate group (module docstring).
         """
-        return self._search_media(path_or_uri, k, where, offset, still=False)
+        return self._search_media(path_or_uri, k, where, offset, still=False, dedup=dedup)
 
     def image(
-        self, path_or_uri: str, k: int = 10, where: str | None = None, *, offset: int = 0
+        self,
+        path_or_uri: str,
+        k: int = 10,
+        where: str | None = None,
+        *,
+        offset: int = 0,
+        dedup: bool = False,
     ) -> pa.Table:
         """Clips like a still image (PNG, JPEG, WebP or BMP; path or URI), best first.
 
         The image is decoded by the isolated decoder at the table's frame size and embedded
         through the model's image path (one frame, the image position embedding).
+        With `dedup`, one row per near-duplicate group.
         """
-        return self._search_media(path_or_uri, k, where, offset, still=True)
+        return self._search_media(path_or_uri, k, where, offset, still=True, dedup=dedup)
 
     def embed_media(self, path_or_uri: str, still: bool = False) -> np.ndarray:
         """The unit-norm `[512]` query embedding of a video (mean of its clips) or of a
@@ -346,10 +407,15 @@ class CatalogSearch:
         where: str | None = None,
         *,
         offset: int = 0,
+        dedup: bool = False,
     ) -> pa.Table:
-        """Clips nearest a query embedding (from :meth:`embed_text` or :meth:`embed_media`)."""
+        """Clips nearest a query embedding (from :meth:`embed_text` or :meth:`embed_media`);
+        with `dedup`, one row per near-duplicate group."""
         k, offset = _check_page(k, offset)
-        return self._present(self._search(vector, k + offset, where).slice(offset, k))
+        groups = self._groups() if dedup else None
+        return self._present(
+            self._page(lambda n: self._search(vector, n, where), k, offset, groups)
+        )
 
     # ---- the catalog --------------------------------------------------------------------
     def clip(self, clip_id: str, columns: list[str] | None = None) -> dict[str, Any] | None:
@@ -498,6 +564,39 @@ class CatalogSearch:
             self._check_model(rows)
         return rows
 
+    def _page(self, fetch, k: int, offset: int, groups: pa.Table | None) -> pa.Table:
+        """Rows `offset .. offset + k` of a search, `fetch(n)` giving its best n rows; with
+        `groups`, rows of distinct groups: `DEDUP_CANDIDATES` times as many candidates,
+        four times more while fewer than `offset + k` groups came back and more rows exist."""
+        if groups is None:
+            return fetch(k + offset).slice(offset, k)
+        wanted = k + offset
+        n = min(DEDUP_CANDIDATES * wanted, MAX_K)
+        while True:
+            rows = fetch(n)
+            out = collapse_groups(rows, groups, wanted)
+            if len(out) >= wanted or len(rows) < n or n >= MAX_K:
+                return out.slice(offset, k)
+            n = min(n * DEDUP_CANDIDATES, MAX_K)
+
+    def _groups(self) -> pa.Table:
+        """`clip_id`, `group_id`, `group_size` of the duplicates table, read again when its
+        version changes; QueryError when there is none."""
+        if self._dup_table is None:
+            try:
+                self._dup_table = self._open(schema.duplicates_table_name(self.table_name))
+            except QueryError as exc:
+                raise QueryError(
+                    f"dedup needs the near-duplicates table of {self._shown}: run "
+                    f"`vidcat dedup` first ({exc})"
+                ) from None
+        version = self._dup_table.version
+        if self._dup_groups is None or self._dup_groups[0] != version:
+            columns = [schema.CLIP_ID, schema.GROUP_ID, schema.GROUP_SIZE]
+            rows = self._dup_table.search().select(columns).limit(None).to_arrow()
+            self._dup_groups = (version, rows)
+        return self._dup_groups[1]
+
     def _check_model(self, rows: pa.Table) -> None:
         """Refuse to mix embedding spaces: rows must come from this searcher's model."""
         other = set(rows[schema.MODEL].to_pylist()) - {self._encoder.identity}
@@ -509,7 +608,7 @@ class CatalogSearch:
 
     def _present(self, rows: pa.Table) -> pa.Table:
         names = [*RESULT_COLUMNS, SCORE, *self._metadata_columns()]
-        names += [c for c in (COSINE, RERANK_SCORE) if c in rows.column_names]
+        names += [c for c in (COSINE, RERANK_SCORE, schema.GROUP_SIZE) if c in rows.column_names]
         rows = rows.select([n for n in names if n in rows.column_names])
         if schema.URI in rows.column_names and len(rows):
             uris = [self.openable_uri(u) for u in rows[schema.URI].to_pylist()]
@@ -622,11 +721,20 @@ class CatalogSearch:
         return emb.reshape(len(clips), schema.EMBED_DIM)
 
     def _search_media(
-        self, path_or_uri: str, k: int, where: str | None, offset: int, still: bool
+        self,
+        path_or_uri: str,
+        k: int,
+        where: str | None,
+        offset: int,
+        still: bool,
+        dedup: bool = False,
     ) -> pa.Table:
         k, offset = _check_page(k, offset)
+        groups = self._groups() if dedup else None
         vector = self.embed_media(path_or_uri, still=still)
-        return self._present(self._search(vector, k + offset, where).slice(offset, k))
+        return self._present(
+            self._page(lambda n: self._search(vector, n, where), k, offset, groups)
+        )
 
     def _hybrid(self, query: str, vector: np.ndarray, n: int, where: str | None) -> pa.Table:
         """Vector search fused with full-text search (reciprocal rank fusion, LanceDB's)."""

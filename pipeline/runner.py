@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from . import schema
 from .build import ResourceConfig, build_dataset
 from .decode import DecodeConfig, content_version_of
+from .dedup import DedupConfig, run_dedup
 from .embed import EmbedConfig, signature
 from .lease import Lease, LeaseConfig
 from .lifecycle import MaintenanceConfig, maintain
@@ -58,6 +59,8 @@ class RunConfig:
     maintenance: MaintenanceConfig | None = field(default_factory=MaintenanceConfig)
     #: The table's write lease: held from before the plan to the report.
     lease: LeaseConfig = field(default_factory=LeaseConfig)
+    #: Near-duplicate pass after maintenance, under the same lease (`--dedup`); None skips.
+    dedup: DedupConfig | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_error_rate <= 1:
@@ -245,6 +248,19 @@ def _maintain(cfg: RunConfig, storage_options: dict[str, str] | None) -> dict[st
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def _dedup(cfg: RunConfig, lease: Lease, run_id: str) -> dict[str, Any] | None:
+    """The incremental near-duplicate pass; a failure is reported (the data is committed)."""
+    if cfg.dedup is None:
+        return None
+    try:
+        return run_dedup(
+            cfg.db, cfg.table, cfg.dedup, s3=cfg.s3, guard=lease.check, run_id=f"{run_id}-dedup"
+        )
+    except Exception as exc:
+        logger.exception("near-duplicate pass failed")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def run(cfg: RunConfig) -> RunReport:
     """Execute one run and return its report (also written beside the table).
 
@@ -320,6 +336,7 @@ def run(cfg: RunConfig) -> RunReport:
         maintenance = _maintain(cfg, sink_cfg.storage_options)
         if maintenance and "versions" in maintenance:
             table_version = maintenance["versions"][cfg.table]
+        dedup = _dedup(cfg, lease, run_id)
         counts = Counts(
             videos_in_manifest=info.num_rows,
             **plan.counts(),
@@ -349,6 +366,7 @@ def run(cfg: RunConfig) -> RunReport:
             table_version=table_version,
             maintenance=maintenance,
             max_error_rate=cfg.max_error_rate,
+            dedup=dedup,
         )
         # The resolved config (roots, base dir, signature inputs): what queries read to
         # re-decode clips exactly as this run did.

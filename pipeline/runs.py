@@ -86,6 +86,9 @@ class RunReport:
     #: What post-run maintenance did, `{"error": ...}` when it failed, None when skipped.
     maintenance: dict[str, Any] | None
     max_error_rate: float
+    #: The near-duplicate pass (`--dedup`): its report, `{"error": ...}` when it failed,
+    #: None when not asked for.
+    dedup: dict[str, Any] | None = None
     schema_version: str = schema.SCHEMA_VERSION
     #: Where the report was written (set by :meth:`RunFiles.write`; not in the file).
     report_uri: str | None = None
@@ -101,7 +104,7 @@ class RunReport:
 
     @property
     def exit_code(self) -> int:
-        if self.maintenance and "error" in self.maintenance:
+        if any(part and "error" in part for part in (self.maintenance, self.dedup)):
             return EXIT_FAILED  # the data is committed; the upkeep after it failed
         if self.error_rate > self.max_error_rate:
             return EXIT_TOO_MANY_ERRORS
@@ -129,6 +132,7 @@ class RunReport:
             "sink": self.sink,
             "table_version": self.table_version,
             "maintenance": self.maintenance,
+            "dedup": self.dedup,
             "tag": self.tag,
             "exit_code": self.exit_code,
         }
