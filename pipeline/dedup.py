@@ -84,10 +84,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from lancedb.expr import col
 
 from . import schema
-from .compat import retry_transient
+from .compat import retry_transient, scan_batches, sql_string
 from .db import check_schema, connect, open_table, table_names
 from .runs import RunFiles, new_run_id
 from .storage import S3Config, filesystem_for, read_json, write_bytes, write_json
@@ -420,18 +419,18 @@ def read_catalog(table, keep_column: str | None = None) -> Catalog:
     base = [schema.CLIP_ID, schema.VIDEO_ID, schema.EMBEDDED_AT, schema.CLIP_START_S,
             schema.CLIP_END_S]  # fmt: skip
     columns = list(dict.fromkeys([*base, *([keep_column] if keep_column else [])]))
-    query = table.search().select([*columns, schema.EMBEDDING]).limit(None)
-    if other:
-        query = query.where(col(schema.SIGNATURE) == signature)
+    where = f"{schema.SIGNATURE} = {sql_string(signature)}" if other else None
     x = np.empty((rows, schema.EMBED_DIM), np.float32)
     metas, pos = [], 0
-    for batch in query.to_batches(_BATCH):
+    for batch in scan_batches(table, [*columns, schema.EMBEDDING], where, _BATCH):
         n = len(batch)
         if pos + n > len(x):  # rows arrived since the count (a writer without the lease)
             x = np.concatenate([x, np.empty((pos + n - len(x), schema.EMBED_DIM), np.float32)])
         emb = batch.column(schema.EMBEDDING).flatten().to_numpy(zero_copy_only=False)
         x[pos : pos + n] = emb.reshape(n, schema.EMBED_DIM)
-        metas.append(batch.select(columns))
+        # A copy: the scanner's metadata arrays share buffers with its embeddings (kept
+        # as they were, 1M rows held 4.5 GiB instead of 3 GiB).
+        metas.append(batch.select(columns).take(pa.array(np.arange(n))))
         pos += n
     if metas:
         meta = pa.Table.from_batches(metas)
