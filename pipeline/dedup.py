@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -130,7 +129,7 @@ class DedupConfig:
             full pass exceed this fraction of the rows that pass clustered.
         seed: k-means seed.
         device: `auto`, `cpu` or `cuda` for k-means and the comparisons.
-        workers: comparison threads on CPU (default: the CPU count; see `PairFinder`).
+        workers: comparison threads on CPU (default: torch's thread count; `PairFinder`).
         retention: versions of the duplicates table older than this are deleted.
     """
 
@@ -234,7 +233,8 @@ class PairFinder:
             :data:`NOT_COMPARED`.
         workers: comparisons run at once on CPU (threads, each with one torch thread:
             on a shared 2-core machine, waking torch's thread pool for every block of a
-            ~1k-row cluster cost more than the block itself); default: the CPU count.
+            ~1k-row cluster cost more than the block itself); default: torch's thread
+            count.
     """
 
     def __init__(
@@ -255,7 +255,9 @@ class PairFinder:
         self.nn = np.full(len(x), NOT_COMPARED, np.float32) if nn is None else nn
         self.compared = 0
         cpu = self.device.type == "cpu"
-        self.workers = max(1, workers or os.cpu_count() or 1) if cpu else 1
+        # torch's own thread count: it honours OMP_NUM_THREADS (os.cpu_count() would count
+        # the host's cores, not a container's share).
+        self.workers = max(1, workers or torch.get_num_threads()) if cpu else 1
         self._lock = threading.Lock()
         self._a: list[np.ndarray] = []
         self._b: list[np.ndarray] = []
@@ -467,12 +469,16 @@ def read_state(db_uri: str, table: str, s3: S3Config | None = None) -> State | N
     if info.get("format") != STATE_FORMAT:
         logger.warning("dedup state format %r is not %d: ignored", info.get("format"), STATE_FORMAT)
         return None
-    fs, path = filesystem_for(f"{root}/{info['generation']}", s3)
-    centroids = pq.read_table(f"{path}/centroids.parquet", filesystem=fs)["centroid"]
-    k = len(centroids)
-    matrix = centroids.combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(k, -1)
-    clips = pq.read_table(f"{path}/clips.parquet", filesystem=fs)
-    return State(info, np.ascontiguousarray(matrix, np.float32), clips)
+    try:
+        fs, path = filesystem_for(f"{root}/{info['generation']}", s3)
+        centroids = pq.read_table(f"{path}/centroids.parquet", filesystem=fs)["centroid"]
+        k = len(centroids)
+        flat = centroids.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        clips = pq.read_table(f"{path}/clips.parquet", filesystem=fs)
+    except (OSError, KeyError, ValueError) as exc:  # pyarrow's errors are OSError/ValueError
+        logger.warning("dedup state under %s unreadable (%s): a full pass", redact_uri(root), exc)
+        return None
+    return State(info, np.ascontiguousarray(flat.reshape(k, -1), np.float32), clips)
 
 
 def _write_state(db_uri: str, table: str, s3: S3Config, state: State) -> str:

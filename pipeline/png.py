@@ -96,7 +96,7 @@ def histogram_png(
         img[bottom : bottom + 4, x] = 0
         if tick % 2 == 0:
             label = f"{lo + tick * (hi - lo) / 10:.2f}"
-            _text(img, x - len(label) * 4, bottom + 8, label)
+            _text(img, min(x - len(label) * 4, width - len(label) * 8), bottom + 8, label)
     for power in range(int(scale) + 1):
         y = bottom - round(power / scale * plot_h)
         img[y, left - 4 : left] = 0

@@ -32,6 +32,7 @@ from pipeline.kmeans import nearest_centroids
 from pipeline.lease import Lease, LeaseConfig, lease_holder
 from pipeline.query import CatalogSearch, QueryError
 from pipeline.runs import RunFiles
+from pipeline.storage import S3Config
 
 D = schema.EMBED_DIM
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -98,8 +99,8 @@ def _planted(seed: int = 0, n: int = 3000, families: int = 40):
     return x, videos, at, expected
 
 
-def _groups(db: str, table: str = "videos") -> list[list[str]]:
-    dup = read_duplicates(db, table)
+def _groups(db: str, table: str = "videos", options=None) -> list[list[str]]:
+    dup = read_duplicates(db, table, options)
     by: dict[str, list[str]] = {}
     for clip, gid in zip(dup[schema.CLIP_ID].to_pylist(), dup[schema.GROUP_ID].to_pylist(),
                          strict=True):  # fmt: skip
@@ -237,6 +238,24 @@ def test_a_large_backlog_or_other_eps_forces_a_full_pass(planted_db):
     assert report["backlog"]["rows"] == 0 and report["backlog"]["rows_at_full"] == 3700
     other = run_dedup(db, "videos", DedupConfig(eps=0.1, device="cpu"))
     assert other["mode"] == "full" and other["reason"].startswith("eps changed")
+
+
+def test_a_catalog_on_s3_keeps_its_state_there(s3_bucket):
+    endpoint, bucket = s3_bucket
+    s3 = S3Config(endpoint_url=endpoint, region="us-east-1")
+    db, options = f"s3://{bucket}/db", s3.storage_options()
+    x, videos, at, expected = _planted(n=600, families=10)
+    table = lancedb.connect(db, storage_options=options).create_table(
+        "videos", _rows(x, videos, at)
+    )
+    assert run_dedup(db, "videos", CPU, s3=s3)["mode"] == "full"
+    assert _groups(db, options=options) == sorted(expected)
+    copy = _near(np.random.default_rng(6), x[500], 0.98)
+    table.add(_rows(copy[None], ["late-copy"], T0 + timedelta(days=1)))
+    report = run_dedup(db, "videos", CPU, s3=s3)
+    assert report["mode"] == "incremental" and report["counts"]["new"] == 1
+    assert report["state_uri"] == f"{db}/_vidcat/videos/dedup/state.json"
+    assert sorted(["v00500#00000", "late-copy#00000"]) in _groups(db, options=options)
 
 
 # ---- representatives, report, lease, job --------------------------------------------------
