@@ -45,3 +45,24 @@ def test_compact_keeps_every_version(tmp_path):
     compat.compact(table)
     assert before <= {v["version"] for v in table.list_versions()}
     assert table.count_rows() == 4
+
+
+def test_scan_batches_streams_the_filtered_rows_of_the_query(tmp_path, monkeypatch):
+    """Entry 9: the scanner returns exactly the rows the query would, quoted filter and
+    all, in batches; without pylance the query itself is used."""
+    odd = ["it's", "plain", "it's", "other"]
+    table = lancedb.connect(str(tmp_path)).create_table(
+        "t", pa.table({"s": odd, "n": list(range(4))})
+    )
+    where = f"s = {compat.sql_string(odd[0])}"
+    batches = list(compat.scan_batches(table, ["n"], where, 1))
+    assert [b.num_rows for b in batches] == [1, 1]
+    assert [b["n"][0].as_py() for b in batches] == [0, 2]
+    assert len(table.search().where(where).to_arrow()) == 2
+
+    def no_pylance():
+        raise ImportError("pylance")
+
+    monkeypatch.setattr(table, "to_lance", no_pylance)
+    rows = pa.Table.from_batches(list(compat.scan_batches(table, ["n"], where, 1)))
+    assert sorted(rows["n"].to_pylist()) == [0, 2]
