@@ -16,8 +16,9 @@ clips have the same nearest centroid, or when one's nearest centroid is among th
 next-nearest ones. So each clip meets the members of its own cluster *and* of its second
 nearest cluster, and a duplicate pair that a cluster border splits is still found (the
 planted border pairs of `tests/test_dedup.py` are missed with `probes=1`). The number of
-clusters is `round(sqrt(N))`: assigning costs N*K dot products and comparing ~1.5*N²/K,
-so K ~ sqrt(N) balances them (1,000 clusters of ~1,000 clips at 1M).
+clusters is `round(sqrt(N))`: assigning costs N*K dot products and comparing ~1.5*N²/K
+for even clusters, so K ~ sqrt(N) balances them (1,000 clusters of ~1,000 clips at 1M;
+the benchmark's uneven clusters compared 4.3*N²/K pairs, three quarters of them visitors).
 
 **Tiles.** Within a cluster the members are compared in tiles of `tile` x `tile` (a
 matmul of unit vectors is the cosine), the upper triangle only for member-member tiles,
@@ -44,7 +45,9 @@ stay. With the same centroids this gives exactly the groups of a full pass. A fu
 probes or the embedding signature changed, or when the rows added, changed and deleted
 since the last full pass exceed `max_backlog` (20 %) of the rows that pass clustered:
 centroids trained on old data keep working for new rows, but clusters that fill up
-unevenly make the comparisons dearer and the approximation coarser.
+unevenly make the comparisons dearer and the approximation coarser. The 20 % is a
+judgment, not a measurement: it keeps a nightly pass incremental for a week of 2-3 %
+growth, and re-clusters before the new rows are a sizeable part of any cluster.
 
 **Similarities.** `similarity` in the output is the cosine similarity of the clip to its
 group's representative (1 for the representative itself; it may be below `1 - eps` for a
@@ -65,6 +68,11 @@ self-join of a small table and its `min_fraction` stays a reader's choice.
 
 Memory: the embeddings of the table are read whole (2 KiB per clip, 2 GiB per 1M clips),
 plus one `[tile, tile]` block per comparison and `[65536, K]` per assignment chunk.
+
+Measured (`benchmarks/dedup.py`, 1M clips with 1 % planted near-duplicates, 2 busy
+shared cores): full pass 265 s (194 s of it comparing), peak RSS 4.3 GiB; incremental pass
+after 1 % new rows 19 s (7.2 %; 11.5 s of it reading the embeddings); planted pairs found
+0.9999 / 0.9997, precision 1.0; exact all-pairs on a 50k subset agreed pair for pair.
 """
 
 from __future__ import annotations
