@@ -31,7 +31,13 @@ from jobs.common import (
     s3_config,
     setup_logging,
 )
-from pipeline.db import DatabaseNotFound, StoreError, TableSchemaError, check_table_name
+from pipeline.db import (
+    DatabaseNotFound,
+    StoreError,
+    TableSchemaError,
+    check_table_name,
+    open_table,
+)
 from pipeline.dedup import DedupConfig, read_duplicate_videos, run_dedup
 from pipeline.lease import Lease, LeaseHeld
 from pipeline.runs import new_run_id
@@ -101,6 +107,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        # Before the lease, whose file would otherwise create a missing database directory.
+        open_table(args.db, args.table, s3.storage_options())
         run_id = new_run_id("dedup")
         with Lease(args.db, args.table, run_id, "dedup", s3, lease_config(args)) as lease:
             report = run_dedup(

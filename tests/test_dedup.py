@@ -329,7 +329,9 @@ def test_the_job_takes_the_lease_and_exits_4_while_another_writer_holds_it(
     assert out["run_id"].endswith("-dedup") and out["counts"]["groups"] == 40
     assert lease_holder(db, "videos") is None  # released
     assert dedup_job.main(["--db", db, "--keep", "nope"]) == 2
-    assert dedup_job.main(["--db", str(os.path.dirname(db)) + "/missing"]) == 2
+    missing = os.path.join(os.path.dirname(db), "missing")
+    assert dedup_job.main(["--db", missing]) == 2
+    assert not os.path.exists(missing)  # nothing created
     assert dedup_job.main(["--db", db, "--videos"]) == 0
     pairs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(pairs) == out["counts"]["video_pairs"] == 14 * 1 + 13 * 3 + 13 * 6
