@@ -108,8 +108,9 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     run_g.add_argument(
         "--dedup",
         action="store_true",
-        help="after the run, find near-duplicate clips (incremental; vidcat dedup's pass, "
-        "under this run's lease; its report is the run report's `dedup`)",
+        help="after the run, before its maintenance tags the tables, find near-duplicate "
+        "clips (incremental; vidcat dedup's pass, under this run's lease; its report is the "
+        "run report's `dedup`)",
     )
     run_g.add_argument(
         "--dedup-eps",

@@ -8,8 +8,8 @@ keys, keeping each key's newest row, in one commit per table.
 
 Invariants (docs/table-schema.md):
 
-* keys are unique: `clip_id` in the embeddings and vision-token tables, `video_id` in the
-  errors table; and `clip_id == "{video_id}#{clip_index:05d}"`;
+* keys are unique: `clip_id` in the embeddings, vision-token and near-duplicates tables,
+  `video_id` in the errors table; and `clip_id == "{video_id}#{clip_index:05d}"`;
 * no video is both embedded and failed with an error row *older* than its clips (the writer
   clears a video's error row when it embeds; a *newer* error beside older clips is the
   documented failure after an earlier success, counted but not a violation);
@@ -17,6 +17,10 @@ Invariants (docs/table-schema.md):
 * given a manifest, every one of its videos has clips or an error row;
 * every `refresh-*` tag of a side table is on the embeddings table too (runs tag all their
   tables at once), and every `refresh-*` tag was set by a run whose report names it.
+
+Not violations, reported under `info`: near-duplicates rows whose clip is gone or was
+re-embedded since the dedup run that wrote them (`duplicates_rows_stale`; searches ignore
+them and the next dedup run replaces them, see docs/table-schema.md).
 """
 
 from __future__ import annotations
@@ -137,6 +141,15 @@ def check_catalog(
     if tokens_name in tables:
         tokens = _read(tables[tokens_name], [schema.CLIP_ID])
         report.add("duplicate clip_id in " + tokens_name, *_duplicates(tokens[schema.CLIP_ID]))
+    dup_name = schema.duplicates_table_name(table)
+    if dup_name in tables:
+        dup = _read(tables[dup_name], [schema.CLIP_ID, schema.EMBEDDED_AT])
+        report.add("duplicate clip_id in " + dup_name, *_duplicates(dup[schema.CLIP_ID]))
+        now = pc.index_in(dup[schema.CLIP_ID], clips[schema.CLIP_ID])
+        same = pc.equal(pc.take(clips[schema.EMBEDDED_AT], now), dup[schema.EMBEDDED_AT])
+        report.info["duplicates_rows"] = len(dup)
+        fresh = int(pc.fill_null(same, False).to_numpy(zero_copy_only=False).sum())
+        report.info["duplicates_rows_stale"] = len(dup) - fresh
     if manifest_ids is not None:
         known = pa.concat_arrays(
             [clips[schema.VIDEO_ID].combine_chunks(), errors[schema.VIDEO_ID].combine_chunks()]
@@ -203,6 +216,7 @@ def repair_duplicates(tables: Mapping[str, Any], table: str) -> dict[str, int]:
         schema.errors_table_name(table): (schema.VIDEO_ID, schema.FAILED_AT),
         schema.vision_tokens_table_name(table): (schema.CLIP_ID, None),
         schema.thumbnails_table_name(table): (schema.CLIP_ID, None),
+        schema.duplicates_table_name(table): (schema.CLIP_ID, None),
     }
     removed = {}
     for name, handle in tables.items():

@@ -163,7 +163,8 @@ def catalog_tables(
     db_uri: str, table: str, storage_options: Mapping[str, str] | None = None
 ) -> dict[str, lancedb.table.Table]:
     """The catalog's tables that exist, by name: the embeddings table (required), then its
-    errors, vision-token and thumbnail side tables.
+    errors, vision-token, thumbnail and near-duplicates tables (maintenance tags and cleans
+    every one of them; a rollback restores every one).
 
     Raises:
         DatabaseNotFound: no database, or no embeddings table; see :func:`open_table`.
@@ -173,6 +174,7 @@ def catalog_tables(
         schema.errors_table_name(table),
         schema.vision_tokens_table_name(table),
         schema.thumbnails_table_name(table),
+        schema.duplicates_table_name(table),
     ):
         try:
             out[name] = open_table(db_uri, name, storage_options)

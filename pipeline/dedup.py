@@ -95,6 +95,7 @@ import pyarrow.parquet as pq
 from . import schema
 from .compat import retry_transient, scan_batches, sql_string
 from .db import check_schema, connect, open_table, table_names
+from .lifecycle import compact_and_clean
 from .runs import RunFiles, new_run_id
 from .storage import S3Config, filesystem_for, read_json, write_bytes, write_json
 from .uris import redact_uri
@@ -569,6 +570,7 @@ def _groups_table(cat: Catalog, comp: np.ndarray, cfg: DedupConfig, run_id: str)
         {
             schema.CLIP_ID: clip_ids,
             schema.VIDEO_ID: video_ids,
+            schema.EMBEDDED_AT: cat.meta[schema.EMBEDDED_AT].take(pa.array(rows)),
             schema.GROUP_ID: gid,
             schema.GROUP_SIZE: pa.array(sizes[comp[rows]], pa.int32()),
             schema.REPRESENTATIVE_CLIP_ID: cat.meta[schema.CLIP_ID].take(pa.array(reps)),
@@ -767,7 +769,7 @@ def _write_duplicates(
     db_uri: str, table: str, rows: pa.Table, options: Mapping[str, str] | None, retention
 ) -> int:
     """Replace the duplicates table's rows (a new version; create it if needed); older
-    versions past `retention` are deleted. Returns the table version."""
+    versions past `retention` are deleted, never a tagged one. Returns the table version."""
     name = schema.duplicates_table_name(table)
     db = connect(db_uri, options)
     if name in table_names(db):
@@ -779,7 +781,9 @@ def _write_duplicates(
             lambda: db.create_table(name, rows, schema=schema.duplicates_schema(), exist_ok=True),
             f"create {name}",
         )
-    retry_transient(lambda: handle.optimize(cleanup_older_than=retention), f"clean up {name}")
+    # Tag-aware: maintenance tags this table with every refresh, and Lance refuses a
+    # cleanup that reaches a tagged version (pipeline.compat, entry 3).
+    compact_and_clean(handle, retention)
     return handle.version
 
 
@@ -1041,17 +1045,30 @@ def collapse_groups(rows: pa.Table, groups: pa.Table, k: int) -> pa.Table:
     """Search results with one row per group: the first (best) row of each, with
     `group_size` (1 for a clip in no group), at most `k` rows.
 
+    A result is in its group only when its `embedded_at` is the one the dedup run saw: a
+    clip re-embedded since (or restored to an older embedding by a rollback) may no longer
+    look like its old group, so it stands alone until the next run. A clip deleted since
+    is never a result; it still counts in its group's `group_size` (the size at the run).
+
     Args:
-        rows: results, best first, with `clip_id`.
-        groups: `clip_id`, `group_id`, `group_size` of the duplicates table.
+        rows: results, best first, with `clip_id` and `embedded_at`.
+        groups: `clip_id`, `embedded_at`, `group_id`, `group_size` of the duplicates table.
     """
     idx = pc.index_in(rows[schema.CLIP_ID], groups[schema.CLIP_ID])
-    found = pc.is_valid(idx)
-    # A clip in no group is its own group; its clip_id cannot be a group id, since group ids
-    # are clip ids of grouped clips.
-    key = pc.if_else(found, pc.take(groups[schema.GROUP_ID], idx), rows[schema.CLIP_ID])
+    then = pc.take(groups[schema.EMBEDDED_AT], idx)
+    found = pc.fill_null(pc.equal(then, rows[schema.EMBEDDED_AT]), False)
+    # A clip in no group is its own group. Its clip_id may equal a group id (a stale clip
+    # whose old group is named after it), so the two kinds of key are kept apart.
+    gid = pc.take(groups[schema.GROUP_ID], idx).to_pylist()
+    clip = rows[schema.CLIP_ID].to_pylist()
+    key = [
+        ("g", g) if f else ("c", c) for f, g, c in zip(found.to_pylist(), gid, clip, strict=True)
+    ]
     size = pc.if_else(found, pc.take(groups[schema.GROUP_SIZE], idx), pa.scalar(1, pa.int32()))
-    _, first = np.unique(np.asarray(key.to_pylist(), dtype=object), return_index=True)
+    seen: dict[tuple[str, str], int] = {}
+    for i, name in enumerate(key):
+        seen.setdefault(name, i)  # each group's first (best) row
+    first = np.fromiter(seen.values(), np.int64, len(seen))
     keep = np.sort(first)[:k]
     out = rows.take(pa.array(keep))
     return out.append_column(schema.GROUP_SIZE, pc.take(size, pa.array(keep)))

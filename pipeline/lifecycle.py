@@ -10,10 +10,17 @@ Every refresh ends with :func:`maintain` (under the run's table lease):
 2. the new version of every table is tagged `refresh-<UTC timestamp>`; refresh tags older
    than the retention period are dropped (the newest is always kept), so a rollback can
    reach any refresh of the retention window;
-3. every table of the catalog (embeddings, errors, vision tokens) is compacted and versions
-   older than the retention period are deleted, never a tagged one.
+3. every table of the catalog (embeddings, errors, vision tokens, thumbnails,
+   near-duplicates) is compacted and versions older than the retention period are deleted,
+   never a tagged one (:func:`compact_and_clean`).
 
-:func:`rollback` restores every table of the catalog to a tag.
+:func:`rollback` restores every table of the catalog to a tag. The near-duplicates table
+comes back as it was at the tag; `vidcat embed --dedup` writes it before maintenance, so
+a refresh's tag holds the groups of that refresh's clips. Groups that are stale anyway (a
+tag of a run without `--dedup`) are tolerated by searches, which trust a clip's group only
+while its `embedded_at` is the one the dedup run saw (:func:`pipeline.dedup.collapse_groups`),
+and the next dedup run recomputes them from its saved state, which compares clips by
+`clip_id` and `embedded_at`, so clips a rollback changed are compared again.
 """
 
 from __future__ import annotations
@@ -83,7 +90,7 @@ def maintain(
     versions = {}
     for name, t in tables.items():
         _drop_expired_tags(t, now - config.retention)
-        _compact_and_clean(t, config.retention)
+        compact_and_clean(t, config.retention)
         versions[name] = t.version
     report.update(tag=tag, tagged=tagged, versions=versions, seconds=time.perf_counter() - start)
     logger.info("maintenance of %s: tagged %s at %s", table, tag, versions)
@@ -131,7 +138,7 @@ def _drop_expired_tags(t, cutoff: datetime) -> None:
             t.tags.delete(name)
 
 
-def _compact_and_clean(t, retention: timedelta) -> None:
+def compact_and_clean(t, retention: timedelta) -> None:
     """Compact, then delete versions older than `retention` but never a tagged one.
 
     Lance refuses a cleanup that would reach a tagged version, so the cutoff stops short
@@ -166,8 +173,9 @@ def rollback(
     """Restore every catalog table to its version tagged `tag`.
 
     A restore writes a new version equal to the tagged one (history is kept, so a
-    rollback can itself be undone). A side table (errors, vision tokens) without the tag
-    did not exist at `tag` and is emptied (a new version too).
+    rollback can itself be undone). A side table (errors, vision tokens, thumbnails,
+    near-duplicates) without the tag did not exist at `tag` and is emptied (a new version
+    too): an empty near-duplicates table groups nothing until the next dedup run.
 
     Raises:
         KeyError: the embeddings table has no such tag.

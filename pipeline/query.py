@@ -12,7 +12,10 @@ With `dedup=True` every query returns one row per near-duplicate group (`vidcat 
 group). It asks for `DEDUP_CANDIDATES` x (k + offset) candidates and collapses them, asking
 for more while fewer than k + offset distinct groups came back and more rows exist; `offset`
 then counts groups, so pages do not repeat a group. Without a duplicates table, `dedup=True`
-is a QueryError.
+is a QueryError. Groups are those of the last dedup run: a clip embedded since is in no
+group, a deleted clip is never a result, and a clip whose `embedded_at` differs from the
+run's (re-embedded since, or restored by a rollback) stands alone until the next run
+(:func:`pipeline.dedup.collapse_groups`).
 
 The connection checks for new table versions on every read (`read_consistency_interval`
 0), so a searcher opened before a refresh sees the refreshed rows. The model, the tokenizer
@@ -251,10 +254,10 @@ class CatalogSearch:
             raise QueryError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if rerank and self.model is None:
             raise QueryError("rerank needs a model: pass model=ModelSpec(...) (CLI: --model)")
+        groups = self.dedup_groups() if dedup else None  # no duplicates table: fail first
         hidden = mask = None
         if vector is None or rerank:
             vector, hidden, mask = self._encode_text(query)
-        groups = self._groups() if dedup else None  # no duplicates table: fail before work
 
         def fetch(n: int) -> pa.Table:
             if mode == "hybrid":
@@ -306,7 +309,7 @@ class CatalogSearch:
         vector = _unit(emb.mean(axis=0))
         if vector is None:  # clips pointing in opposite directions: fall back to the first
             vector = emb[0]
-        groups = self._groups() if dedup else None
+        groups = self.dedup_groups() if dedup else None
 
         def fetch(n: int) -> pa.Table:
             return self._search(vector, n, where, exclude=video_id, checked=False)
@@ -334,7 +337,7 @@ class CatalogSearch:
         if row is None:
             raise QueryError(f"unknown clip_id {clip_id!r} in table {self._shown}")
         vector = np.asarray(row[schema.EMBEDDING], np.float32)
-        groups = self._groups() if dedup else None
+        groups = self.dedup_groups() if dedup else None
 
         def fetch(n: int) -> pa.Table:
             return self._search(vector, n, where, exclude=row[schema.VIDEO_ID], checked=False)
@@ -412,7 +415,7 @@ class CatalogSearch:
         """Clips nearest a query embedding (from :meth:`embed_text` or :meth:`embed_media`);
         with `dedup`, one row per near-duplicate group."""
         k, offset = _check_page(k, offset)
-        groups = self._groups() if dedup else None
+        groups = self.dedup_groups() if dedup else None
         return self._present(
             self._page(lambda n: self._search(vector, n, where), k, offset, groups)
         )
@@ -549,7 +552,7 @@ class CatalogSearch:
         if exclude is not None:
             other = f"{schema.VIDEO_ID} != {sql_string(exclude)}"  # pipeline.compat, entry 1
             sql = f"({where}) AND {other}" if where else other
-        extra = (schema.MODEL, *CANDIDATE_COLUMNS)
+        extra = (schema.MODEL, schema.EMBEDDED_AT, *CANDIDATE_COLUMNS)
         columns = list(dict.fromkeys([*RESULT_COLUMNS, *extra, *self._metadata_columns()]))
         try:
             rows = vector_search(self.table, vector, n, sql, self.index, columns=columns)
@@ -579,9 +582,10 @@ class CatalogSearch:
                 return out.slice(offset, k)
             n = min(n * DEDUP_CANDIDATES, MAX_K)
 
-    def _groups(self) -> pa.Table:
-        """`clip_id`, `group_id`, `group_size` of the duplicates table, read again when its
-        version changes; QueryError when there is none."""
+    def dedup_groups(self) -> pa.Table:
+        """`clip_id`, `embedded_at`, `group_id`, `group_size` of the near-duplicates table,
+        read again when its version changes; QueryError when there is none (`vidcat dedup`
+        never ran)."""
         if self._dup_table is None:
             try:
                 self._dup_table = self._open(schema.duplicates_table_name(self.table_name))
@@ -592,7 +596,7 @@ class CatalogSearch:
                 ) from None
         version = self._dup_table.version
         if self._dup_groups is None or self._dup_groups[0] != version:
-            columns = [schema.CLIP_ID, schema.GROUP_ID, schema.GROUP_SIZE]
+            columns = [schema.CLIP_ID, schema.EMBEDDED_AT, schema.GROUP_ID, schema.GROUP_SIZE]
             rows = self._dup_table.search().select(columns).limit(None).to_arrow()
             self._dup_groups = (version, rows)
         return self._dup_groups[1]
@@ -730,7 +734,7 @@ class CatalogSearch:
         dedup: bool = False,
     ) -> pa.Table:
         k, offset = _check_page(k, offset)
-        groups = self._groups() if dedup else None
+        groups = self.dedup_groups() if dedup else None
         vector = self.embed_media(path_or_uri, still=still)
         return self._present(
             self._page(lambda n: self._search(vector, n, where), k, offset, groups)
@@ -747,7 +751,7 @@ class CatalogSearch:
                 f"table {self._shown} has no full-text index for mode=hybrid: build one with "
                 "`vidcat index --fts COLUMN`"
             )
-        extra = (schema.MODEL, *CANDIDATE_COLUMNS)
+        extra = (schema.MODEL, schema.EMBEDDED_AT, *CANDIDATE_COLUMNS)
         columns = list(dict.fromkeys([*RESULT_COLUMNS, *extra, *self._metadata_columns()]))
         builder = (
             self.table.search(

@@ -59,7 +59,7 @@ class RunConfig:
     maintenance: MaintenanceConfig | None = field(default_factory=MaintenanceConfig)
     #: The table's write lease: held from before the plan to the report.
     lease: LeaseConfig = field(default_factory=LeaseConfig)
-    #: Near-duplicate pass after maintenance, under the same lease (`--dedup`); None skips.
+    #: Near-duplicate pass before maintenance, under the same lease (`--dedup`); None skips.
     dedup: DedupConfig | None = None
 
     def __post_init__(self) -> None:
@@ -333,10 +333,12 @@ def run(cfg: RunConfig) -> RunReport:
         sink.close()
         table_version = sink.table_version()
         lease.check()
+        # The near-duplicates before maintenance, so this refresh's tag holds the groups of
+        # this refresh's clips (a rollback to it restores both together).
+        dedup = _dedup(cfg, lease, run_id)
         maintenance = _maintain(cfg, sink_cfg.storage_options)
         if maintenance and "versions" in maintenance:
             table_version = maintenance["versions"][cfg.table]
-        dedup = _dedup(cfg, lease, run_id)
         counts = Counts(
             videos_in_manifest=info.num_rows,
             **plan.counts(),

@@ -202,6 +202,7 @@ def duplicates_schema() -> pa.Schema:
         [
             pa.field(CLIP_ID, pa.string(), nullable=False),
             pa.field(VIDEO_ID, pa.string(), nullable=False),
+            pa.field(EMBEDDED_AT, pa.timestamp("us", tz="UTC"), nullable=False),
             pa.field(GROUP_ID, pa.string(), nullable=False),
             pa.field(GROUP_SIZE, pa.int32(), nullable=False),
             pa.field(REPRESENTATIVE_CLIP_ID, pa.string(), nullable=False),

@@ -28,6 +28,7 @@ from pipeline.dedup import (
     read_duplicates,
     run_dedup,
 )
+from pipeline.index import IndexConfig
 from pipeline.kmeans import nearest_centroids
 from pipeline.lease import Lease, LeaseConfig, lease_holder
 from pipeline.query import CatalogSearch, QueryError
@@ -370,6 +371,144 @@ def test_search_with_dedup_returns_one_row_per_group(planted_db, capsys):
     assert len(printed) == 3 and all("group_size" in r for r in printed)
 
 
+def test_dedup_composes_with_paging_filters_similar_clip_and_vectors(planted_db, capsys):
+    db, x, videos, expected = planted_db
+    search = CatalogSearch(db)
+    # No near-duplicates table yet: a clear error (CLI exit 2), not a crash.
+    assert query_job.main(["similar", videos[2], "--db", db, "--dedup"]) == 2
+    assert "run `vidcat dedup` first" in capsys.readouterr().err
+    with pytest.raises(QueryError, match="vidcat dedup"):
+        search.similar_clip(schema.clip_id(videos[2], 0), k=3, dedup=True)
+    run_dedup(db, "videos", CPU)
+    family = next(g for g in expected if g[0] == "v00002#00000")  # 4 members
+    group_of = dict(
+        zip(*(read_duplicates(db)[c].to_pylist() for c in (schema.CLIP_ID, schema.GROUP_ID)),
+            strict=True)
+    )  # fmt: skip
+
+    # offset counts groups: two pages are the one long page, and no group repeats
+    whole = search.text("q", k=10, vector=x[2], dedup=True)[schema.CLIP_ID].to_pylist()
+    first = search.text("q", k=4, vector=x[2], dedup=True)[schema.CLIP_ID].to_pylist()
+    second = search.text("q", k=6, offset=4, vector=x[2], dedup=True)
+    assert first + second[schema.CLIP_ID].to_pylist() == whole
+    assert len({group_of.get(c, c) for c in whole}) == 10 and whole[0] == family[0]
+    assert second["group_size"].to_pylist() == [1] * 6  # the family was on the first page
+    assert search.search_vector(x[2], k=10, dedup=True)[schema.CLIP_ID].to_pylist() == whole
+
+    # a filter applies before the collapse: the group's best member that passes it
+    rows = search.text("q", k=3, vector=x[2], where=f"video_id != '{videos[2]}'", dedup=True)
+    assert rows[schema.CLIP_ID][0].as_py() in family[1:]
+    assert rows["group_size"][0].as_py() == len(family)
+
+    # more like one clip: its own video is excluded, its copies come back as one result
+    rows = search.similar_clip(family[0], k=5, dedup=True)
+    assert rows[schema.CLIP_ID][0].as_py() in family[1:]
+    assert rows["group_size"][0].as_py() == len(family)
+    assert not set(rows[schema.CLIP_ID].to_pylist()[1:]) & set(family)
+    plain = search.similar_clip(family[0], k=5)[schema.CLIP_ID].to_pylist()
+    assert set(plain[:3]) == set(family[1:])  # without dedup the copies fill the top
+
+
+def _reembed(db: str, video: str, vector: np.ndarray, at: datetime) -> None:
+    table = lancedb.connect(db).open_table("videos")
+    table.delete(f"video_id = '{video}'")
+    table.add(_rows(vector[None], [video], at))
+
+
+def test_a_stale_group_never_hides_a_clip_embedded_again_since_the_dedup_run(planted_db):
+    """Until the next dedup run, a clip whose embedding changed stands alone: its old group
+    must not hide it (or be represented by it), and `vidcat check` counts the stale rows."""
+    from pipeline.check import check_catalog
+
+    db, x, _, expected = planted_db
+    run_dedup(db, "videos", CPU)
+    family = next(g for g in expected if g[0] == "v00002#00000")  # 4 members
+    source = family[0].split("#")[0]
+    rng = np.random.default_rng(7)
+    moved = _unit(rng.standard_normal(D))
+    _reembed(db, source, moved, T0 + timedelta(days=2))  # the source's video changed
+    search = CatalogSearch(db)
+    rows = search.search_vector(moved, k=len(x), dedup=True)  # every group
+    ids, sizes = rows[schema.CLIP_ID].to_pylist(), rows["group_size"].to_pylist()
+    assert ids[0] == family[0] and sizes[0] == 1  # alone, not the family's representative
+    # the family's other members are still one group, shown once, by its best member
+    shown = [c for c in ids if c in family[1:]]
+    assert len(shown) == 1 and sizes[ids.index(shown[0])] == len(family)
+
+    deleted = family[1].split("#")[0]  # a prune: the row of a clip that is gone
+    lancedb.connect(db).open_table("videos").delete(f"video_id = '{deleted}'")
+    report = check_catalog(db)
+    assert report.ok, report.violations
+    assert report.info["duplicates_rows_stale"] == 2
+    assert report.info["duplicates_rows"] == sum(len(g) for g in expected)
+
+    run_dedup(db, "videos", CPU)  # the next run: nothing stale
+    assert check_catalog(db).info["duplicates_rows_stale"] == 0
+    assert family[2:] in _groups(db) or sorted(family[2:]) in _groups(db)
+
+
+def test_duplicates_table_is_tagged_cleaned_and_rolled_back_with_the_catalog(tmp_path):
+    """The duplicates table is a catalog table: maintenance tags it with the others (and
+    a dedup cleanup never trips on the tagged version), a rollback restores the groups of
+    the tag, repairs and checks cover its key, and the next pass recomputes what the
+    rollback changed."""
+    from pipeline.check import check_catalog, repair_duplicates
+    from pipeline.db import catalog_tables
+    from pipeline.lifecycle import MaintenanceConfig, maintain, rollback, tag_name
+
+    x, videos, at, expected = _planted(seed=1, n=300, families=10)
+    db = str(tmp_path / "db")
+    lancedb.connect(db).create_table("videos", _rows(x, videos, at))
+    keep_all = DedupConfig(device="cpu", retention=timedelta(0))  # cleans all it may
+    run_dedup(db, "videos", keep_all)
+    assert _groups(db) == expected
+    assert "videos_duplicates" in catalog_tables(db, "videos")
+    config = MaintenanceConfig(index=IndexConfig(min_rows_for_index=10**6))
+    first = maintain(db, "videos", config=config, now=T0)
+    assert first["tagged"]["videos_duplicates"] > 0
+    dup_table = lancedb.connect(db).open_table("videos_duplicates")
+    assert set(dup_table.tags.list()) == {tag_name(T0)}
+
+    # A later refresh re-embeds a family's source far away; its dedup pass cleans up with
+    # retention 0 while an older version is tagged (Lance refuses to delete a tagged one).
+    family = next(g for g in expected if len(g) == 4)
+    source = family[0].split("#")[0]
+    _reembed(db, source, _unit(np.random.default_rng(2).standard_normal(D)), T0 + timedelta(1))
+    run_dedup(db, "videos", keep_all)
+    after = _groups(db)
+    assert family not in after and family[1:] in after
+    maintain(db, "videos", config=config, now=T0 + timedelta(days=1))
+
+    rollback(db, "videos", tag_name(T0))
+    assert _groups(db) == expected  # the tag's groups, with the tag's clips
+    assert check_catalog(db).info["duplicates_rows_stale"] == 0
+    report = run_dedup(db, "videos", keep_all)  # the state is a day ahead: compared again
+    assert report["mode"] == "incremental" and report["counts"]["changed"] == 1
+    assert _groups(db) == expected
+
+    # a duplicate key in the duplicates table: a violation, repaired like the others
+    dup_table = lancedb.connect(db).open_table("videos_duplicates")
+    dup_table.add(dup_table.search().limit(1).to_arrow())
+    assert "duplicate clip_id in videos_duplicates" in check_catalog(db).violations
+    removed = repair_duplicates(catalog_tables(db, "videos"), "videos")
+    assert removed == {"videos_duplicates": 1}
+    # (tags set here by `maintain` alone have no run report; that is the only violation)
+    assert list(check_catalog(db).violations) == ["refresh tags no run report names"]
+
+    # A tag of a refresh that had no duplicates table: rolling back to it empties it.
+    plain = str(tmp_path / "plain")
+    lancedb.connect(plain).create_table("videos", _rows(x, videos, at))
+    maintain(plain, "videos", config=config, now=T0)
+    run_dedup(plain, "videos", keep_all)
+    rollback(plain, "videos", tag_name(T0))
+    assert read_duplicates(plain).num_rows == 0
+    assert CatalogSearch(plain).search_vector(x[0], k=3, dedup=True)["group_size"].to_pylist() == [
+        1,
+        1,
+        1,
+    ]
+
+
 def test_video_pairs_view():
     """A (5 clips, one in no group) is re-uploaded as R and trimmed to T; X and Y share
     one clip of ten."""
@@ -429,6 +568,7 @@ def test_reencoded_trimmed_and_cropped_copies_group_with_their_originals(ray_clu
     """
     from pipeline.decode import DecodeConfig
     from pipeline.embed import EmbedConfig
+    from pipeline.lifecycle import MaintenanceConfig
     from pipeline.models import ModelSpec
     from pipeline.runner import RunConfig, run
 
@@ -456,11 +596,14 @@ def test_reencoded_trimmed_and_cropped_copies_group_with_their_originals(ray_clu
         db=str(tmp_path / "db"),
         decode=DecodeConfig(),
         embed=EmbedConfig(model=ModelSpec(model="tiny-random"), device="cpu"),
-        maintenance=None,
+        maintenance=MaintenanceConfig(),
         dedup=DedupConfig(eps=0.002, device="cpu"),
     )
     report = run(cfg)
     assert report.exit_code == 0 and report.dedup["mode"] == "full", report.dedup
+    # the pass runs before maintenance: the refresh's tag holds the groups it wrote
+    tagged = report.maintenance["tagged"]
+    assert tagged["videos_duplicates"] == report.dedup["duplicates_version"]
     groups = [sorted(c.split("#")[0] for c in g) for g in _groups(cfg.db)]
     for v in ("sample-000000", "sample-000001"):
         assert [v, f"{v}-crop", f"{v}-reencode", f"{v}-trim"] in groups

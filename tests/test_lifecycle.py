@@ -187,7 +187,7 @@ def test_every_table_is_tagged_before_any_cleanup_can_fail(tmp_path, monkeypatch
     def broken(t, retention):
         raise RuntimeError("cleanup failed")
 
-    monkeypatch.setattr(lifecycle, "_compact_and_clean", broken)
+    monkeypatch.setattr(lifecycle, "compact_and_clean", broken)
     with pytest.raises(RuntimeError, match="cleanup failed"):
         maintain(db, "videos", config=MaintenanceConfig(index=SMALL_INDEX), now=T0)
     for name in ("videos", "videos_errors"):
