@@ -129,3 +129,12 @@ def served_catalog(ray_cluster, tmp_path_factory):
     from serving import make_catalog
 
     return make_catalog(tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture(scope="session")
+def dedup_catalog(served_catalog, tmp_path_factory):
+    """`served_catalog` copied, with a near-duplicates table; `(catalog, ranked clip ids)`
+    (tests/serving.py, `with_duplicates`)."""
+    from serving import with_duplicates
+
+    return with_duplicates(served_catalog, tmp_path_factory.mktemp("served-dedup"))

@@ -52,7 +52,16 @@ def browser():
 
 @pytest.fixture
 def page(browser, served_catalog):
-    with serving(served_catalog) as http:
+    yield from _page(browser, served_catalog)
+
+
+@pytest.fixture
+def dedup_page(browser, dedup_catalog):
+    yield from _page(browser, dedup_catalog[0])
+
+
+def _page(browser, catalog):
+    with serving(catalog) as http:
         context = browser.new_context(
             permissions=["clipboard-read", "clipboard-write"],
             viewport={"width": 1280, "height": 860},
@@ -93,6 +102,7 @@ def test_search_play_more_like_this_and_history(page, tmp_path):
     page.goto("/")
     page.wait_for_selector("body[data-ready=true]")
     assert "clips" in page.text_content("#table-info")
+    assert page.is_hidden("#dedup-label")  # no near-duplicates table: no switch
 
     # A text search: results with thumbnails, the query in the URL.
     page.fill("#q", "a red circle")
@@ -209,3 +219,62 @@ def test_filters_keyboard_rerank_and_copy(page, tmp_path):
     assert "no filterable column" in page.text_content("#status")
     shot(page, tmp_path, "serve-error")
     assert [p for p in page.problems if "400" not in p] == []
+
+
+def test_hide_near_duplicates(dedup_page):
+    """The switch collapses each near-duplicate group to its best result, marks the group's
+    size, lives in the URL (history, shared links, more like this) and in the copies."""
+    from serving import QUERY
+
+    page = dedup_page
+    page.goto("/?type=text&q=" + QUERY.replace(" ", "+") + "&k=24")
+    page.wait_for_selector(".card")
+    assert page.is_visible("#dedup-label") and not page.is_checked("#dedup")
+    every = page.eval_on_selector_all(".card", "cs => cs.map(c => c.dataset.clipId)")
+    assert len(every) == 8 and page.locator(".group-size").count() == 0
+
+    page.check("#dedup")  # applies at once
+    page.wait_for_function("() => location.search.includes('dedup=true')")
+    page.wait_for_function("() => document.querySelectorAll('.card').length === 5")
+    assert "near-duplicates hidden" in page.text_content("#status")
+    shown = page.eval_on_selector_all(".card", "cs => cs.map(c => c.dataset.clipId)")
+    assert shown == [every[0], every[1], every[4], every[5], every[7]]
+    first = page.locator(".card").nth(0)
+    assert first.get_attribute("data-group-size") == "3"
+    assert first.locator(".group-size").text_content() == "+2 near-duplicates"
+    assert page.locator(".card").nth(3).locator(".group-size").text_content() == (
+        "+1 near-duplicate"
+    )
+    assert page.locator(".card").nth(1).locator(".group-size").count() == 0
+
+    # back: the switch off and every copy again; forward: on again
+    page.go_back()
+    page.wait_for_function("() => document.querySelectorAll('.card').length === 8")
+    assert not page.is_checked("#dedup")
+    page.go_forward()
+    page.wait_for_function("() => document.querySelectorAll('.card').length === 5")
+    assert page.is_checked("#dedup")
+
+    # a shared link opens the collapsed search
+    url = page.url
+    page.goto("/")
+    page.goto(url)
+    page.wait_for_function("() => document.querySelectorAll('.card').length === 5")
+    assert page.is_checked("#dedup")
+
+    # copies and more like this keep it
+    page.click("#copy-cli")
+    page.wait_for_function("() => document.querySelector('#status').textContent.includes('copied')")
+    assert page.evaluate("() => navigator.clipboard.readText()").endswith(" --dedup")
+    page.click("#copy-python")
+    page.wait_for_function("() => document.querySelector('#status').textContent.includes('Python')")
+    python = page.evaluate("() => navigator.clipboard.readText()")
+    assert "dedup=True" in python
+    compile(python, "<copied>", "exec")
+    page.locator(".card").nth(1).locator(".more-like-this").click()
+    page.wait_for_function("() => location.search.includes('clip_id=')")
+    assert query_of(page)["dedup"] == ["true"]
+    page.wait_for_function(
+        "() => document.querySelector('#status').textContent.includes('near-duplicates hidden')"
+    )
+    assert page.problems == []

@@ -21,7 +21,7 @@ import lancedb
 import media
 import pyarrow as pa
 import pytest
-from serving import client
+from serving import QUERY, client
 
 from pipeline import schema
 from pipeline.query import CatalogSearch
@@ -179,6 +179,80 @@ def test_similar_by_clip_and_by_video(api, clips):
     both = api.get("/api/similar", params={"clip_id": "a", "video_id": "b"})
     assert both.status_code == 400 and "exactly one" in both.json()["error"]
     assert api.get("/api/similar").status_code == 400
+
+
+# ---- near-duplicates ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dedup_api(dedup_catalog):
+    catalog, _ = dedup_catalog
+    with serving(catalog) as http:
+        yield http
+
+
+def sizes(response) -> list[int | None]:
+    return [r["group_size"] for r in response.json()["results"]]
+
+
+def test_dedup_one_result_per_group_pages_and_composes(dedup_api, dedup_catalog):
+    catalog, order = dedup_catalog  # groups: ranks (0, 2, 3) and (5, 6) of QUERY
+    info = dedup_api.get("/api/table").json()
+    assert info["dedup"] is True and info["rows"]["videos_duplicates"] == 5
+    plain = dedup_api.get("/api/search", params={"q": QUERY, "k": 8})
+    assert ids(plain) == order[:8] and sizes(plain) == [None] * 8
+
+    search = {"q": QUERY, "dedup": "true"}
+    r = dedup_api.get("/api/search", params={**search, "k": 4})
+    assert ids(r) == [order[0], order[1], order[4], order[5]]  # best member of each group
+    assert sizes(r) == [3, 1, 1, 2] and r.json()["next_offset"] == 4
+    with CatalogSearch(catalog.db, model=catalog.model, device="cpu") as lib:
+        assert ids(r) == lib.text(QUERY, k=4, dedup=True)[schema.CLIP_ID].to_pylist()
+        hybrid = lib.text(QUERY, k=4, mode="hybrid", dedup=True)[schema.CLIP_ID].to_pylist()
+    # offset counts groups: the next page starts after the last group shown
+    r = dedup_api.get("/api/search", params={**search, "k": 4, "offset": 4})
+    assert ids(r) == [order[7]] and sizes(r) == [1] and r.json()["next_offset"] is None
+
+    # filters apply first: without the best member's video, the group's next one stands in
+    video = order[0].split("#")[0]
+    r = dedup_api.get("/api/search", params={**search, "k": 2, "filter": f"video_id:ne:{video}"})
+    assert ids(r) == [order[1], order[2]] and sizes(r) == [1, 3]
+    r = dedup_api.get("/api/search", params={**search, "k": 4, "mode": "hybrid"})
+    assert ids(r) == hybrid and None not in sizes(r)
+    r = dedup_api.get("/api/search", params={**search, "k": 4, "rerank": "true"})
+    body = r.json()["results"]
+    assert r.status_code == 200 and all(x["rerank_score"] is not None for x in body)
+    assert len(body) == 4 and None not in sizes(r)
+    assert sum(x["clip_id"] in {order[0], order[2], order[3]} for x in body) <= 1  # one/group
+    assert sum(x["clip_id"] in {order[5], order[6]} for x in body) <= 1
+
+    # more like one clip: its copies come back as one result, their best
+    r = dedup_api.get("/api/similar", params={"clip_id": order[0], "k": 5, "dedup": "true"})
+    shown = ids(r)
+    assert sum(c in (order[2], order[3]) for c in shown) == 1
+    assert sizes(r)[[c in (order[2], order[3]) for c in shown].index(True)] == 3
+    assert order[0] not in shown
+    r = dedup_api.get("/api/similar", params={"video_id": video, "k": 7, "dedup": "true"})
+    assert len(ids(r)) == 5 and sorted(sizes(r)) == [1, 1, 1, 2, 3]  # 7 clips, 5 groups
+
+    # an upload: the image path of the model, then the same collapse
+    thumb = dedup_api.get(f"/api/clips/{quote(order[0], safe='')}/thumbnail").content
+    r = dedup_api.post("/api/search/image", content=thumb, params={"k": 8, "dedup": "true"})
+    assert r.status_code == 200 and len(ids(r)) == 5 and sorted(sizes(r)) == [1, 1, 1, 2, 3]
+
+
+def test_dedup_without_a_duplicates_table_is_a_clear_400(api, served_catalog):
+    assert api.get("/api/table").json()["dedup"] is False
+    for r in (
+        api.get("/api/search", params={"q": "a red circle", "dedup": "true"}),
+        api.get("/api/search", params={"q": "a red circle", "dedup": "true", "rerank": "true"}),
+        api.get("/api/similar", params={"video_id": "sample-000000", "dedup": "true"}),
+        # refused before the body is read: no upload is staged for a query that cannot run
+        api.post("/api/search/image", content=b"\0" * 2048, params={"dedup": "true"}),
+    ):
+        assert r.status_code == 400, r.text
+        message = r.json()["error"]
+        assert "run `vidcat dedup` first" in message and "near-duplicates table" in message
+        assert served_catalog.db not in message  # the server's paths stay hidden
+    assert api.get("/api/search", params={"q": "x", "dedup": "maybe"}).status_code == 400
 
 
 # ---- uploads -----------------------------------------------------------------------------

@@ -10,9 +10,9 @@ Routes (the contract; see `docs/serve.md`):
 
     GET  /                                 the page (static files under /static)
     GET  /api/health                       liveness; 200 once ready, else 503
-    GET  /api/search?q=&k=&offset=&rerank=&mode=&filter=&where=
-    GET  /api/similar?clip_id=|video_id=&k=&offset=&filter=&where=
-    POST /api/search/video, /api/search/image   (the file as the request body)
+    GET  /api/search?q=&k=&offset=&rerank=&mode=&filter=&where=&dedup=
+    GET  /api/similar?clip_id=|video_id=&k=&offset=&filter=&where=&dedup=
+    POST /api/search/video, /api/search/image   (the file as the request body; same query)
     GET  /api/clips/{clip_id}/thumbnail    image/jpeg
     GET  /api/clips/{clip_id}/media        the clip's video (Range requests)
     GET  /api/table                        schema, counts, filters, indices, last run
@@ -68,6 +68,10 @@ class Result(BaseModel):
     score: float = Field(description="cosine similarity; in hybrid mode the fused rank score")
     cosine: float | None = Field(None, description="hybrid mode: the cosine similarity")
     rerank_score: float | None = Field(None, description="match-head logit (rerank=true)")
+    group_size: int | None = Field(
+        None,
+        description="dedup=true: clips in this result's near-duplicate group (1: none)",
+    )
     uri: str | None = Field(description="the video's URI; null for paths the server hides")
     metadata: dict[str, Any]
     thumbnail_url: str
@@ -202,6 +206,13 @@ def create_app(service: SearchService) -> FastAPI:
     Where = Annotated[
         str | None, Query(description="raw SQL, only on a server started with --allow-sql")
     ]
+    Dedup = Annotated[
+        bool,
+        Query(
+            description="one result per near-duplicate group (its best-scoring clip, with "
+            "group_size); 400 when the catalog has no near-duplicates table (vidcat dedup)"
+        ),
+    ]
 
     @app.get("/api/health", response_model=Health)
     async def health() -> JSONResponse:
@@ -222,9 +233,11 @@ def create_app(service: SearchService) -> FastAPI:
         mode: Literal["vector", "hybrid"] = "vector",
         filter: Filters = [],  # noqa: B006 (FastAPI copies defaults)
         where: Where = None,
+        dedup: Dedup = False,
     ) -> dict[str, Any]:
         start = time.perf_counter()
-        rows = await service.text(q, k, offset, service.where(filter, where), rerank, mode)
+        sql = service.where(filter, where)
+        rows = await service.text(q, k, offset, sql, rerank, mode, dedup)
         return _page(rows, k, offset, start)
 
     @app.get("/api/similar", response_model=Results)
@@ -235,14 +248,18 @@ def create_app(service: SearchService) -> FastAPI:
         offset: Offset = 0,
         filter: Filters = [],  # noqa: B006
         where: Where = None,
+        dedup: Dedup = False,
     ) -> dict[str, Any]:
         start = time.perf_counter()
-        rows = await service.similar(clip_id, video_id, k, offset, service.where(filter, where))
+        sql = service.where(filter, where)
+        rows = await service.similar(clip_id, video_id, k, offset, sql, dedup)
         return _page(rows, k, offset, start)
 
-    async def upload(request: Request, kind: str, k: int, offset: int, filters, where):
+    async def upload(request: Request, kind: str, k: int, offset: int, filters, where, dedup):
         start = time.perf_counter()
         sql = service.where(filters, where)  # a bad filter is refused before the upload
+        if dedup:  # and a dedup the catalog cannot do
+            await service.check_dedup()
         length = request.headers.get("content-length")
         staged = await stage_upload(
             request.stream(),
@@ -252,7 +269,7 @@ def create_app(service: SearchService) -> FastAPI:
             service.upload_dir,
         )
         try:
-            rows = await service.media_query(staged.path, kind == "image", k, offset, sql)
+            rows = await service.media_query(staged.path, kind == "image", k, offset, sql, dedup)
         finally:
             staged.close()
         return _page(rows, k, offset, start)
@@ -273,10 +290,11 @@ def create_app(service: SearchService) -> FastAPI:
         offset: Offset = 0,
         filter: Filters = [],  # noqa: B006
         where: Where = None,
+        dedup: Dedup = False,
     ) -> dict[str, Any]:
         """Clips like an uploaded video clip (MP4/MOV, WebM/MKV, AVI, MPEG; the body is the
         file; its content decides its type, and the isolated decoder decodes it)."""
-        return await upload(request, "video", k, offset, filter, where)
+        return await upload(request, "video", k, offset, filter, where, dedup)
 
     @app.post("/api/search/image", response_model=Results, openapi_extra=upload_body)
     async def search_image(
@@ -285,10 +303,11 @@ def create_app(service: SearchService) -> FastAPI:
         offset: Offset = 0,
         filter: Filters = [],  # noqa: B006
         where: Where = None,
+        dedup: Dedup = False,
     ) -> dict[str, Any]:
         """Clips like an uploaded still (PNG, JPEG, WebP, BMP; the body is the file),
         embedded through the model's one-frame image path."""
-        return await upload(request, "image", k, offset, filter, where)
+        return await upload(request, "image", k, offset, filter, where, dedup)
 
     @app.get("/api/clips/{clip_id:path}/thumbnail", response_class=Response)
     async def thumbnail(clip_id: str) -> Response:

@@ -44,6 +44,7 @@ _FIXED = (
     "score",
     COSINE,
     RERANK_SCORE,
+    schema.GROUP_SIZE,
 )
 
 
@@ -227,14 +228,17 @@ class SearchService:
         where: str | None = None,
         rerank: bool = False,
         mode: str = "vector",
+        dedup: bool = False,
     ) -> list[dict[str, Any]]:
         self._check_page(k, offset)
         timeout = self.config.request_timeout_s
+        if dedup:
+            await self.check_dedup()
         if rerank:
             with Stopwatch() as t:
                 rows = await self.model_queue.arun(
                     timeout, self._model_call, self.searcher.text, query, k, where, True,
-                    offset=offset, mode=mode,
+                    offset=offset, mode=mode, dedup=dedup,
                 )  # fmt: skip
             self.metrics.model_seconds.labels("rerank").observe(t.seconds)
             return self.rows(rows)
@@ -242,7 +246,7 @@ class SearchService:
         with Stopwatch() as t:
             rows = await self.search_queue.arun(
                 timeout, self.searcher.text, query, k, where, vector=vector, offset=offset,
-                mode=mode,
+                mode=mode, dedup=dedup,
             )  # fmt: skip
         self.metrics.search_seconds.labels(mode).observe(t.seconds)
         return self.rows(rows)
@@ -271,28 +275,34 @@ class SearchService:
         k: int,
         offset: int = 0,
         where: str | None = None,
+        dedup: bool = False,
     ) -> list[dict[str, Any]]:
         self._check_page(k, offset)
         if (clip_id is None) == (video_id is None):
             raise QueryError("give exactly one of clip_id and video_id")
+        timeout = self.config.request_timeout_s
+        page = {"offset": offset, "dedup": dedup}
         with Stopwatch() as t:
             if clip_id is not None:
                 call = self.searcher.similar_clip
-                rows = await self.search_queue.arun(
-                    self.config.request_timeout_s, call, clip_id, k, where, offset=offset
-                )
+                rows = await self.search_queue.arun(timeout, call, clip_id, k, where, **page)
             else:
                 call = self.searcher.similar
-                rows = await self.search_queue.arun(
-                    self.config.request_timeout_s, call, video_id, k, where, offset=offset
-                )
+                rows = await self.search_queue.arun(timeout, call, video_id, k, where, **page)
         self.metrics.search_seconds.labels("similar").observe(t.seconds)
         return self.rows(rows)
 
     async def media_query(
-        self, path: str, still: bool, k: int, offset: int = 0, where: str | None = None
+        self,
+        path: str,
+        still: bool,
+        k: int,
+        offset: int = 0,
+        where: str | None = None,
+        dedup: bool = False,
     ) -> list[dict[str, Any]]:
-        """Clips like an uploaded image or video (staged by the caller)."""
+        """Clips like an uploaded image or video (staged by the caller, who checked that
+        a dedup query can run: :meth:`check_dedup`)."""
         self._check_page(k, offset)
         with Stopwatch() as t:
             vector = await self.model_queue.arun(
@@ -311,9 +321,15 @@ class SearchService:
                 k,
                 where,
                 offset=offset,
+                dedup=dedup,
             )
         self.metrics.search_seconds.labels("vector").observe(t.seconds)
         return self.rows(rows)
+
+    async def check_dedup(self) -> None:
+        """QueryError (a 400) when the catalog has no near-duplicates table, before any
+        model work is spent on a query that cannot run."""
+        await self.search_queue.arun(self.config.request_timeout_s, self.searcher.dedup_groups)
 
     def _model_call(self, fn, *args, **kwargs):
         if self.config.model is None:
@@ -476,6 +492,7 @@ class SearchService:
             "model": self.model_state,
             "embedded_with": (searcher.embedded_with() or (None,))[0],
             "thumbnails": schema.thumbnails_table_name(self.config.table) in tables,
+            "dedup": schema.duplicates_table_name(self.config.table) in tables,
             "last_run": last_run,
             "allow_sql": self.config.allow_sql,
             "max_k": self.config.max_k,

@@ -41,6 +41,8 @@ async function loadTable() {
   if (!t.thumbnails) parts.push("no thumbnails (vidcat thumbnails makes them)");
   $("table-info").textContent = parts.join(" · ");
   $("mode-label").hidden = t.fts_columns.length === 0;
+  // Only where `vidcat dedup` has run: without its table the server refuses dedup (400).
+  $("dedup-label").hidden = !t.dedup;
 }
 
 // ---- filters -------------------------------------------------------------------------
@@ -133,8 +135,13 @@ function formQuery() {
     if ($("rerank").checked) p.set("rerank", "true");
     if (!$("mode-label").hidden && $("mode").value !== "vector") p.set("mode", $("mode").value);
   }
+  if (dedupOn()) p.set("dedup", "true");
   for (const f of currentFilters()) p.append("filter", f);
   return p;
+}
+
+function dedupOn() {
+  return $("dedup").checked && !$("dedup-label").hidden;
 }
 
 function applyQuery(p) {
@@ -145,6 +152,7 @@ function applyQuery(p) {
   $("k").value = ["24", "48", "96"].includes(p.get("k")) ? p.get("k") : "24";
   $("rerank").checked = p.get("rerank") === "true";
   $("mode").value = p.get("mode") === "hybrid" ? "hybrid" : "vector";
+  $("dedup").checked = p.get("dedup") === "true";
   setFilters(p.getAll("filter"));
 }
 
@@ -186,7 +194,8 @@ async function run(p, { push = true, append = false } = {}) {
     render(body.results, append);
     const shown = $("results").children.length;
     const what = type === "similar" ? `more like ${p.get("clip_id") || p.get("video_id")}` : "";
-    status(`${shown} results ${what} · ${body.took_ms.toFixed(0)} ms`);
+    const dedup = p.get("dedup") === "true" ? " · near-duplicates hidden" : "";
+    status(`${shown} results ${what}${dedup} · ${body.took_ms.toFixed(0)} ms`);
     $("more").hidden = body.next_offset === null;
     state.offset = body.next_offset ?? state.offset;
   } catch (error) {
@@ -278,6 +287,17 @@ function card(r) {
     c.textContent = `cosine ${fmt(r.cosine)}`;
     scores.append(c);
   }
+  if (r.group_size !== null && r.group_size !== undefined) {
+    el.dataset.groupSize = r.group_size;
+    if (r.group_size > 1) {
+      const g = document.createElement("span");
+      g.className = "group-size";
+      const others = r.group_size - 1;
+      g.textContent = `+${others} near-duplicate${others === 1 ? "" : "s"}`;
+      g.title = `a group of ${r.group_size} near-duplicate clips; this is its best match`;
+      scores.append(g);
+    }
+  }
   const actions = document.createElement("div");
   actions.className = "actions";
   const more = document.createElement("button");
@@ -334,6 +354,7 @@ function moreLikeThis(clipId) {
   p.set("type", "similar");
   p.set("clip_id", clipId);
   p.set("k", $("k").value);
+  if (dedupOn()) p.set("dedup", "true");
   for (const f of currentFilters()) p.append("filter", f);
   state.type = "similar";
   run(p);
@@ -354,6 +375,7 @@ function asCli(p) {
   for (const f of p.getAll("filter")) args.push("--filter", shellQuote(f));
   if (p.get("rerank") === "true") args.push("--rerank");
   if (p.get("mode") === "hybrid") args.push("--hybrid");
+  if (p.get("dedup") === "true") args.push("--dedup");
   return args.join(" ");
 }
 
@@ -362,14 +384,15 @@ function asPython(p) {
   const type = p.get("type");
   const filters = p.getAll("filter").map(pyQuote).join(", ");
   const k = p.get("k") || "24";
+  const dedup = p.get("dedup") === "true" ? ", dedup=True" : "";
   let call;
-  if (type === "similar" && p.get("clip_id")) call = `search.similar_clip(${pyQuote(p.get("clip_id"))}, k=${k}, where=where)`;
-  else if (type === "similar") call = `search.similar(${pyQuote(p.get("video_id"))}, k=${k}, where=where)`;
-  else if (type === "image" || type === "video") call = `search.${type}(${pyQuote(state.file ? state.file.name : "FILE")}, k=${k}, where=where)`;
+  if (type === "similar" && p.get("clip_id")) call = `search.similar_clip(${pyQuote(p.get("clip_id"))}, k=${k}, where=where${dedup})`;
+  else if (type === "similar") call = `search.similar(${pyQuote(p.get("video_id"))}, k=${k}, where=where${dedup})`;
+  else if (type === "image" || type === "video") call = `search.${type}(${pyQuote(state.file ? state.file.name : "FILE")}, k=${k}, where=where${dedup})`;
   else {
     const rerank = p.get("rerank") === "true" ? ", rerank=True" : "";
     const mode = p.get("mode") === "hybrid" ? ', mode="hybrid"' : "";
-    call = `search.text(${pyQuote(p.get("q") || "")}, k=${k}, where=where${rerank}${mode})`;
+    call = `search.text(${pyQuote(p.get("q") || "")}, k=${k}, where=where${rerank}${mode}${dedup})`;
   }
   const model = state.table && state.table.embedded_with ? state.table.embedded_with.split("@")[0] : "internvideo2-1b";
   const weights = model === "internvideo2-1b" ? ', checkpoint="PATH_OR_URI"' : "";
@@ -463,6 +486,13 @@ async function main() {
   $("file").addEventListener("change", () => {
     state.file = $("file").files[0] || null;
     if (state.file) run(formQuery());
+  });
+  // The switch applies at once to the search on screen (any type), like a new search.
+  $("dedup").addEventListener("change", () => {
+    if (!state.query) return;
+    const p = new URLSearchParams(state.query);
+    if (dedupOn()) p.set("dedup", "true"); else p.delete("dedup");
+    run(p);
   });
   $("add-filter").addEventListener("click", () => { const input = addFilter(); if (input) input.focus(); });
   $("more").addEventListener("click", () => state.query && run(state.query, { push: false, append: true }));
