@@ -40,6 +40,7 @@ RUN_DECODE_FIELDS = (
     *("memory_limit_mb", "max_width", "max_height", "max_duration_s", "max_bytes"),
     "max_attempts",
     "thumbnail_size",
+    "sampling",
 )
 
 

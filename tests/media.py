@@ -99,3 +99,57 @@ def write_huge_resolution(path: Path, width: int = 16000, height: int = 16000) -
             packet.time_base, packet.is_keyframe = fractions.Fraction(1, 25), True
             container.mux(packet)
     return path
+
+
+def write_coded_video(
+    path: Path,
+    num_frames: int,
+    codec: str = "libx264",
+    gop: int = 250,
+    width: int = 160,
+    height: int = 96,
+    fps: int = 25,
+    rotation: int = 0,
+    colorspace: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """A video encoded the way catalogs are: preset medium (B-frames, a B-pyramid, x265's
+    open GOPs), a keyframe every `gop` frames, over content that keeps every frame type busy
+    (a textured background panning under grain, and a moving block). `rotation` sets the
+    display matrix (counter-clockwise degrees), `colorspace` the colour matrix tag (1 BT.709).
+    """
+    rng = np.random.default_rng(seed)
+    texture = rng.integers(0, 256, (height // 4 + 8, width // 4 + num_frames, 3), np.uint8)
+    texture = np.repeat(np.repeat(texture, 4, 0), 4, 1).astype(np.int16)
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.thread_count = 1
+        if colorspace is not None:
+            context = stream.codec_context
+            context.colorspace = context.color_primaries = context.color_trc = colorspace
+        if rotation:
+            stream.set_display_rotation(rotation)
+        options = {"preset": "medium", "g": str(gop), "keyint_min": str(gop)}
+        if codec == "libx265":
+            options["x265-params"] = f"keyint={gop}:min-keyint={gop}:log-level=error"
+        stream.options = options
+        side = height // 3
+        for i in range(num_frames):
+            rgb = texture[:height, i // 2 : i // 2 + width].copy()
+            rgb += rng.integers(-10, 11, rgb.shape, dtype=np.int16)
+            x = (7 * i) % (width - side)
+            rgb[side : 2 * side, x : x + side] = (230, 40, 40)
+            frame = av.VideoFrame.from_ndarray(np.clip(rgb, 0, 255).astype(np.uint8), "rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def decode_every_frame(path: Path) -> list[np.ndarray]:
+    """RGB `[H, W, 3]` of every frame, decoded in order from the first packet: the reference
+    for which pixels frame `i` has (rotation not applied)."""
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]

@@ -77,7 +77,7 @@ def assert_frames_match(frames: np.ndarray, indices: np.ndarray) -> None:
 
 def test_good_video_gives_official_middle_indices(decoder, media):
     result = decoder.decode(str(media / "good.mp4"))
-    assert result.status is Status.OK and result.decoder == "decord" and result.message == ""
+    assert result.status is Status.OK and result.decoder == "pyav" and result.message == ""
     (clip,) = result.clips
     assert (clip.index, clip.start_s, clip.end_s) == (0, 0.0, GOOD_FRAMES / 25)
     np.testing.assert_array_equal(clip.frame_indices, middle_frame_indices(GOOD_FRAMES, 4))
@@ -272,7 +272,7 @@ def test_batch_with_every_kind_of_bad_row(media, s3_bucket, caplog, decoders):
         assert out["caption"][j] == f"caption of {video_id}"
         assert out["rank"][j] == [r[0] for r in rows].index(video_id)
         if status is Status.OK:
-            assert out[schema.MESSAGE][j] is None and out[schema.DECODER][j] == "decord"
+            assert out[schema.MESSAGE][j] is None and out[schema.DECODER][j] == config.decoder
             assert out[schema.CLIP_INDEX][j] == 0
             assert_frames_match(out[schema.FRAMES][j], np.array(out[schema.FRAME_INDICES][j]))
         else:

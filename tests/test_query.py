@@ -436,8 +436,8 @@ def test_video_query_takes_a_path_relative_to_the_working_directory(planted, tmp
 
 
 def test_decode_settings_of_the_latest_run_are_reproduced(tmp_path):
-    """A table embedded with PyAV, a larger memory cap and other limits is re-decoded with
-    them, not with decord and the defaults."""
+    """A table embedded with decord, keyframe sampling, a larger memory cap and other limits
+    is re-decoded with them, not with the defaults."""
     db = str(tmp_path / "db")
     write_clips(db, "videos", [{"video_id": "v0", "embedding": unit(np.ones(512))}])
     s3 = S3Config(region="eu-west-1")
@@ -451,7 +451,8 @@ def test_decode_settings_of_the_latest_run_are_reproduced(tmp_path):
         max_height=1080,
         max_duration_s=600.0,
         max_bytes=50 << 30,
-        decoder="pyav",
+        decoder="decord",
+        sampling="keyframe",
         allowed_roots=(str(tmp_path / "media"),),
         base_dir=str(tmp_path / "media"),
         s3=s3,

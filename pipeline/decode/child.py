@@ -1,4 +1,4 @@
-"""The decode child: probe with PyAV, decode with decord or PyAV (each the other's fallback).
+"""The decode child: probe and decode with PyAV, decord as the fallback (or the reverse).
 
 Run by :class:`pipeline.decode.IsolatedDecoder` as `python -m pipeline.decode.child`; it
 serves one job at a time over stdin/stdout until stdin closes. Everything that parses
@@ -6,15 +6,18 @@ untrusted bytes happens here, under `RLIMIT_DATA`, so a decoder bug costs this p
 
 :func:`decode_path` is also callable in-process (benchmarks measure the isolation cost).
 
+Frames: the "pyav" decoder (:mod:`.reader`) returns the same decoded pixels as decord, the
+official evaluation's reader, frame for frame (same frame count, same RGB conversion, same
+rotation), for about half its CPU: it decodes only the packets the sampled frames depend on.
+decord is imported only when it is used. With `sampling="keyframe"` (PyAV only) each frame
+moves to the nearest keyframe of its segment, which decodes alone (approximate, opt-in).
+
 Resizing: frames are decoded at full size and resized with
-:func:`models.internvideo2.preprocess.resize_frames` (torch bicubic with antialias, the
-official evaluation's preprocessing). Letting decord scale (`width=`/`height=`, FFmpeg
-swscale) is cheaper (4 frames: about 11 vs 19 ms CPU per 320x240 video, 58 vs 144 ms per
-1280x720 one) but moves pixels by about 0.9 grey levels on average, so embeddings would
-drift from the reference; measured by `benchmarks/decode_throughput.py`. The cost is in
-resize_frames' float path: torch's uint8 channels-last kernel gives nearly the same pixels
-(mean difference 0.005 levels, max 7) at half the cost, a change for preprocess.py rather
-than here.
+:func:`models.internvideo2.preprocess.resize_frames_np`, the official evaluation's torch
+bicubic antialiased resize computed with numpy (same weights; one level apart on about 1e-5
+of pixels), so the child never imports torch (1.2 CPU s and 200 MB per process). Letting
+FFmpeg scale (decord's `width=`/`height=`, swscale) is cheaper still but moves pixels by
+about 0.9 grey levels on average (`benchmarks/decode_throughput.py`).
 """
 
 from __future__ import annotations
@@ -33,14 +36,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import av
-import decord
 import numpy as np
-import torch
 
 from models.internvideo2.preprocess import (
     middle_frame_indices,
-    resize_frames,
+    middle_frame_segments,
+    resize_frames_np,
     window_frame_indices,
+    window_frame_segments,
 )
 from pipeline.decode.protocol import (
     ALLOCATION_FAILURES,
@@ -49,6 +52,7 @@ from pipeline.decode.protocol import (
     read_message,
     write_message,
 )
+from pipeline.decode.reader import index_stream, read_frames, snap_to_keyframes
 from pipeline.schema import Status
 
 #: Demuxers FFmpeg may pick. Playlist and concat demuxers (hls, concat) could open other
@@ -62,8 +66,6 @@ IMAGE_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": IMAGE_DEMUXER
 MIN_TAIL_CLIP_S = MIN_CLIP_STRIDE_S
 #: MJPEG quantizer of thumbnails (2 best .. 31 worst): ~6-15 KB for a 256-px frame.
 THUMBNAIL_QUALITY = 5
-#: The PyAV fallback seeks when the next wanted frame is further ahead than this.
-_SEEK_AHEAD_S = 2.0
 
 
 class DecodeFailure(Exception):
@@ -83,40 +85,51 @@ class Probe:
 
 @dataclass(frozen=True)
 class ClipPlan:
-    """One clip: `[start_s, end_s)` and its int64 `[T]` frame indices."""
+    """One clip: `[start_s, end_s)`, its int64 `[T]` frame indices and the int64 `[T, 2]`
+    segments `[a, b)` of the middle rule they are the middles of."""
 
     index: int
     start_s: float
     end_s: float
     indices: np.ndarray
+    segments: np.ndarray
 
 
-def probe(path: str, params: dict[str, Any]) -> Probe:
-    """Read the container header; reject what is unreadable, not video, or too large."""
+def open_container(path: str) -> av.container.InputContainer:
+    """Open `path` with the whitelisted demuxers; unreadable is `probe_failed`."""
     try:
-        container = av.open(path, options=PROBE_OPTIONS)
+        return av.open(path, options=PROBE_OPTIONS)
     except MemoryError:
         raise
     except Exception as exc:
         raise DecodeFailure(Status.PROBE_FAILED, f"unreadable container: {exc}") from None
-    with container:
-        if not container.streams.video:
-            fmt = container.format.name
-            raise DecodeFailure(Status.NO_VIDEO_STREAM, f"no video stream in {fmt} container")
-        stream = container.streams.video[0]
-        width, height = stream.codec_context.width, stream.codec_context.height
-        if width > params["max_width"] or height > params["max_height"]:
-            limit = f"{params['max_width']}x{params['max_height']}"
-            raise DecodeFailure(Status.RESOLUTION_EXCEEDED, f"{width}x{height} exceeds {limit}")
-        if width <= 0 or height <= 0:
-            raise DecodeFailure(Status.PROBE_FAILED, "no frame size in the header")
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        fps = float(rate) if rate else 0.0
-        if stream.duration is not None and stream.time_base:
-            duration = float(stream.duration * stream.time_base)
-        else:
-            duration = (container.duration or 0) / av.time_base
-        num_frames = stream.frames or (round(duration * fps) if fps > 0 else 0)
+
+
+def probe(path: str, params: dict[str, Any]) -> Probe:
+    """Read the container header; reject what is unreadable, not video, or too large."""
+    with open_container(path) as container:
+        return probe_container(container, params)
+
+
+def probe_container(container: av.container.InputContainer, params: dict[str, Any]) -> Probe:
+    """:func:`probe` of an open container (decoding then reuses it)."""
+    if not container.streams.video:
+        fmt = container.format.name
+        raise DecodeFailure(Status.NO_VIDEO_STREAM, f"no video stream in {fmt} container")
+    stream = container.streams.video[0]
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width > params["max_width"] or height > params["max_height"]:
+        limit = f"{params['max_width']}x{params['max_height']}"
+        raise DecodeFailure(Status.RESOLUTION_EXCEEDED, f"{width}x{height} exceeds {limit}")
+    if width <= 0 or height <= 0:
+        raise DecodeFailure(Status.PROBE_FAILED, "no frame size in the header")
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    fps = float(rate) if rate else 0.0
+    if stream.duration is not None and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    else:
+        duration = (container.duration or 0) / av.time_base
+    num_frames = stream.frames or (round(duration * fps) if fps > 0 else 0)
     longest = max(duration, num_frames / fps if fps > 0 else 0.0)
     if longest > params["max_duration_s"]:
         message = f"duration {longest:.0f} s exceeds {params['max_duration_s']:g} s"
@@ -152,7 +165,8 @@ def plan_clips(
         raise DecodeFailure(Status.TOO_FEW_FRAMES, message)
     clip_s = params["clip_seconds"]
     if start == 0 and to_end and duration <= clip_s:
-        return [ClipPlan(0, 0.0, duration, middle_frame_indices(num_frames, t))]
+        segments = middle_frame_segments(num_frames, t)
+        return [ClipPlan(0, 0.0, duration, middle_frame_indices(num_frames, t), segments)]
     stride = clip_s - params["clip_overlap_s"]
     bounds = []
     while True:
@@ -167,7 +181,10 @@ def plan_clips(
     for i, (lo, hi) in enumerate(bounds):
         # Past-the-end bound: window_frame_indices then clamps to the last frame.
         stop = duration + 1.0 if to_end and hi >= end else hi
-        plans.append(ClipPlan(i, lo, hi, window_frame_indices(fps, lo, stop, num_frames, t)))
+        window = (fps, lo, stop, num_frames, t)
+        plans.append(
+            ClipPlan(i, lo, hi, window_frame_indices(*window), window_frame_segments(*window))
+        )
     return plans
 
 
@@ -189,23 +206,24 @@ def decode_path(
         return _decode_still(path, params)
     try:
         _inject_fault(fault)
-        info = probe(path, params)
-        order = ("pyav", "decord") if params.get("decoder") == "pyav" else ("decord", "pyav")
-        errors = []
-        for decoder in order:
-            try:
-                plans, frames, thumbs = _DECODERS[decoder](
-                    path, info, params, start_s, end_s, fault
-                )
-                break
-            except (DecodeFailure, MemoryError):
-                raise
-            except Exception as exc:  # this decoder cannot read the file; try the other
-                errors.append(f"{decoder}: {describe(exc, 500)}")
-        else:
+        with open_container(path) as container:
+            info = probe_container(container, params)
+            order = ("decord", "pyav") if params.get("decoder") == "decord" else ("pyav", "decord")
+            errors = []
+            for decoder in order:
+                try:
+                    plans, frames, thumbs = _DECODERS[decoder](
+                        path, container, info, params, start_s, end_s, fault
+                    )
+                    break
+                except (DecodeFailure, MemoryError):
+                    raise
+                except Exception as exc:  # this decoder cannot read the file; try the other
+                    errors.append(f"{decoder}: {describe(exc, 500)}")
+        if len(errors) == len(order):
             message = "; ".join(errors)
             if any(mark in message for mark in ALLOCATION_FAILURES):
-                status = Status.OOM  # e.g. torch's allocator refusing a frame under the cap
+                status = Status.OOM  # an allocation refused under the cap, in C code
             elif info.num_frames == 0:
                 status = Status.TOO_FEW_FRAMES
             else:
@@ -268,15 +286,18 @@ def _decode_still(path: str, params: dict[str, Any]) -> tuple[dict[str, Any], np
 
 def _decode_decord(
     path: str,
+    container: av.container.InputContainer,
     info: Probe,
     params: dict,
     start_s: float | None,
     end_s: float | None,
     fault: str | None,
 ) -> tuple[list[ClipPlan], np.ndarray, list[bytes]]:
-    """decord, as the official evaluation reads videos: `get_batch` per clip."""
+    """decord, as the official evaluation reads videos: `get_batch` per clip (exact frames
+    also with `sampling="keyframe"`: decord cannot tell which frames decode alone)."""
     if fault in ("decord_error", "decoders_error"):
         raise RuntimeError("injected decord failure")
+    decord = _decord()
     reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
     try:
         num_frames, fps = len(reader), reader.get_avg_fps()
@@ -296,64 +317,56 @@ def _decode_decord(
 
 def _decode_pyav(
     path: str,
+    container: av.container.InputContainer,
     info: Probe,
     params: dict,
     start_s: float | None,
     end_s: float | None,
     fault: str | None,
 ) -> tuple[list[ClipPlan], np.ndarray, list[bytes]]:
-    """PyAV: seek and decode only up to the wanted frames; indices come from timestamps."""
+    """PyAV, decord's frames for less (:mod:`.reader`): one demux indexes the packets, every
+    clip's frames are decoded in one pass over the runs they need, each frame is converted,
+    resized and (the middle one) made a thumbnail as it comes out, so at most one full-size
+    frame is held."""
     if fault in ("pyav_error", "decoders_error"):
         raise RuntimeError("injected pyav failure")
-    if info.num_frames < 1 or not info.fps > 0:
-        raise RuntimeError(f"probe reports {info.num_frames} frames at {info.fps} fps")
-    plans = plan_clips(info.num_frames, info.fps, params, start_s, end_s)
-    wanted = sorted({int(i) for plan in plans for i in plan.indices})
-    found = _pyav_frames(path, wanted, info.fps)
-    if not found:
-        raise DecodeFailure(Status.TOO_FEW_FRAMES, "no frame could be decoded")
+    stream = container.streams.video[0]
+    stream.codec_context.thread_count = 1
+    index = index_stream(container, stream)
+    if index.num_frames < 1 or not info.fps > 0:
+        raise RuntimeError(f"{index.num_frames} packets at {info.fps} fps")
+    plans = plan_clips(index.num_frames, info.fps, params, start_s, end_s)
+    if params.get("sampling", "exact") == "keyframe":
+        plans = [replace(p, indices=snap_to_keyframes(index, p.indices, p.segments)) for p in plans]
     frames = _empty_frames(len(plans), params)
-    thumbs = []
-    for i, plan in enumerate(plans):
-        picked = [found[int(j)] for j in plan.indices]
-        thumbs.append(thumbnail(picked[len(picked) // 2][1], params))
-        frames[i] = _resize(np.stack([rgb for _, rgb in picked]), params)
-        plans[i] = replace(plan, indices=np.array([k for k, _ in picked], np.int64))
+    thumbs = [b""] * len(plans)
+    middle = params["num_frames"] // 2
+    slots = collections.defaultdict(list)  # frame index -> [(clip, position in clip)]
+    for c, plan in enumerate(plans):
+        for t, i in enumerate(plan.indices.tolist()):
+            slots[i].append((c, t))
+
+    def emit(i: int, frame: av.VideoFrame) -> None:
+        rgb = rgb_frame(frame)
+        resized = _resize(rgb[None], params)[0]
+        for c, t in slots[i]:
+            frames[c, t] = resized
+            if t == middle:
+                thumbs[c] = thumbnail(rgb, params)
+
+    read_frames(container, stream, index, slots, emit)
     return plans, frames, thumbs
 
 
-def _pyav_frames(path: str, wanted: list[int], fps: float) -> dict[int, tuple[int, np.ndarray]]:
-    """Map each wanted index to (index actually decoded, RGB `[H, W, 3]`): the first frame
-    at or after it, or the last frame of the stream when the stream ends first."""
-    found: dict[int, tuple[int, np.ndarray]] = {}
-    pending = collections.deque(wanted)
-    with av.open(path, options=PROBE_OPTIONS) as container:
-        stream = container.streams.video[0]
-        stream.codec_context.thread_count = 1
-        base, time_base = stream.start_time or 0, stream.time_base
-        frames, position, sought, last = None, -1, None, None
-        while pending:
-            target = pending[0]
-            if frames is None or (target - position > _SEEK_AHEAD_S * fps and sought != target):
-                offset = base + int(target / fps / time_base)
-                container.seek(offset, stream=stream, backward=True, any_frame=False)
-                frames, sought = container.decode(stream), target
-            frame = next(frames, None)
-            if frame is None:
-                break
-            if frame.pts is not None:
-                position = round(float((frame.pts - base) * time_base) * fps)
-            else:
-                position += 1
-            last = (position, frame)
-            rgb = None
-            while pending and pending[0] <= position:
-                rgb = frame.to_ndarray(format="rgb24") if rgb is None else rgb
-                found[pending.popleft()] = (position, rgb)
-        if pending and last is not None:
-            rgb = last[1].to_ndarray(format="rgb24")
-            found.update((index, (last[0], rgb)) for index in pending)
-    return found
+def rgb_frame(frame: av.VideoFrame) -> np.ndarray:
+    """RGB `[H, W, 3]` of a decoded frame as decord gives it: converted with the frame's
+    colour matrix and range (swscale, as decord's filter graph), turned upright when the
+    stream's display matrix rotates it by a multiple of 90 degrees."""
+    rgb = frame.to_ndarray(format="rgb24")
+    rotation = frame.rotation or 0
+    if rotation % 90 == 0 and rotation % 360:
+        rgb = np.ascontiguousarray(np.rot90(rgb, (rotation // 90) % 4))  # counter-clockwise
+    return rgb
 
 
 _DECODERS = {"decord": _decode_decord, "pyav": _decode_pyav}
@@ -380,9 +393,16 @@ def thumbnail(rgb: np.ndarray, params: dict) -> bytes:
 
 
 def _resize(frames: np.ndarray, params: dict) -> np.ndarray:
-    """resize_frames one frame at a time: the same pixels, but the float copy it makes is
-    one frame, not T (4 frames of 8K video would be 1.6 GB of float32 under the cap)."""
-    return np.concatenate([resize_frames(frame[None], params["size"]) for frame in frames])
+    """uint8 `[T, H, W, 3]` -> `[T, size, size, 3]` (float copies of one frame's rows only)."""
+    return resize_frames_np(frames, params["size"])
+
+
+def _decord() -> Any:
+    """The decord module, imported on first use (most children never need it)."""
+    import decord
+
+    decord.logging.set_level(decord.logging.QUIET)
+    return decord
 
 
 def _empty_frames(num_clips: int, params: dict) -> np.ndarray:
@@ -436,15 +456,13 @@ def main(argv: list[str] | None = None) -> int:
     limit = args.memory_limit_mb << 20
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     faulthandler.enable()
-    torch.set_num_threads(1)
-    decord.logging.set_level(decord.logging.QUIET)
     _exit_with_parent()
     write_message(replies, {"ready": True, "pid": os.getpid()})
     while True:
         try:
             job, _ = read_message(jobs)
         except EOFError:
-            os._exit(0)  # nothing to flush; skips torch's slow interpreter teardown
+            os._exit(0)  # nothing to flush; skips the interpreter's teardown
         header, frames = decode_path(
             job["path"], job, job.get("start_s"), job.get("end_s"), job.get("fault")
         )

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..storage import S3Config
-from .protocol import DECODERS, FAULT_MODES, MIN_CLIP_STRIDE_S
+from .protocol import DECODERS, FAULT_MODES, MIN_CLIP_STRIDE_S, SAMPLINGS
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,15 @@ class DecodeConfig:
         max_bytes: larger files are `resolution_exceeded` too, told from the file's size
             (a stat, or the HEAD an S3 open makes) before any byte is read.
         decoder: tried first; the other one is the fallback. "decord" reads frames the way
-            the official evaluation does; "pyav" gave identical frames on the sample
-            catalog and costs about half the CPU on a 20-minute video, 10 % less on short
-            ones (benchmarks/decode_throughput.py).
+            the official evaluation does; "pyav" (default) gives the same decoded pixels
+            (tested on B-frame, long-GOP and open-GOP HEVC files) for about half the CPU: it
+            decodes only the packets the sampled frames depend on
+            (benchmarks/decode_resolutions.py).
+        sampling: "exact" (default), the middle rule's frames; "keyframe" moves each frame
+            to the nearest keyframe inside its segment, when the segment has one, so it
+            decodes alone (approximate and cheaper; the rows' `frame_indices` say which
+            frames were used, and the embedding signature changes). PyAV only: the decord
+            fallback decodes the exact frames.
         allowed_roots: local directories videos may be read from (empty: no local files).
         base_dir: directory (local or `s3://bucket/prefix`) relative URIs resolve against.
         s3: S3 endpoint settings.
@@ -52,7 +58,8 @@ class DecodeConfig:
     max_height: int = 4320
     max_duration_s: float = 24 * 3600
     max_bytes: int = 20 << 30
-    decoder: str = "decord"
+    decoder: str = "pyav"
+    sampling: str = "exact"
     allowed_roots: tuple[str, ...] = ()
     base_dir: str | None = None
     s3: S3Config = field(default_factory=S3Config)
@@ -81,6 +88,7 @@ class DecodeConfig:
             or 16 <= self.thumbnail_size <= 1024,
             "still_image needs num_frames 1": not self.still_image or self.num_frames == 1,
             f"decoder must be one of {DECODERS}": self.decoder in DECODERS,
+            f"sampling must be one of {SAMPLINGS}": self.sampling in SAMPLINGS,
             "allowed_roots must be a tuple of str": isinstance(self.allowed_roots, tuple),
             f"fault_injection modes must be in {sorted(FAULT_MODES)}": all(
                 mode in FAULT_MODES for _, mode in self.fault_injection
@@ -92,16 +100,22 @@ class DecodeConfig:
 
     def worker_params(self) -> dict[str, Any]:
         """The settings the child needs for every job (plain JSON values)."""
-        keys = ("num_frames", "size", "clip_seconds", "clip_overlap_s", "decoder")
+        keys = ("num_frames", "size", "clip_seconds", "clip_overlap_s", "decoder", "sampling")
         keys += ("thumbnail_size", "still_image")
         limits = ("max_width", "max_height", "max_duration_s")
         return {k: getattr(self, k) for k in keys + limits}
 
     def signature_inputs(self) -> tuple[tuple[str, str], ...]:
-        """The settings that change an embedding: frame count, frame size, clip windows."""
-        return (
+        """The settings that change an embedding: frame count, frame size, clip windows, and
+        approximate sampling (exact sampling adds nothing, so exact rows keep the signature
+        they had before the option existed; the decoder is not part of it: both decoders
+        give the same frames)."""
+        inputs = (
             ("num_frames", str(self.num_frames)),
             ("size", str(self.size)),
             ("clip_seconds", repr(self.clip_seconds)),
             ("clip_overlap_s", repr(self.clip_overlap_s)),
         )
+        if self.sampling != "exact":
+            inputs += (("sampling", self.sampling),)
+        return inputs

@@ -345,7 +345,11 @@ def _child_env() -> dict[str, str]:
     root = os.path.dirname(os.path.dirname(os.path.abspath(pipeline.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     env.update(
-        OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MALLOC_ARENA_MAX="2", CUDA_VISIBLE_DEVICES=""
+        OMP_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",  # numpy's resize: small products, threads only contend
+        MKL_NUM_THREADS="1",
+        MALLOC_ARENA_MAX="2",
+        CUDA_VISIBLE_DEVICES="",
     )
     return env
 

@@ -17,6 +17,9 @@ from typing import Any, BinaryIO
 
 #: Decoders the child knows; the configured one is tried first, the other is the fallback.
 DECODERS = ("decord", "pyav")
+#: Which frames a clip gets: "exact" the middle rule's frames; "keyframe" (approximate,
+#: PyAV only) the keyframe nearest each of them within its segment, where there is one.
+SAMPLINGS = ("exact", "keyframe")
 #: Test hooks executed inside the child; reachable only through DecodeConfig, never a manifest.
 FAULT_MODES = frozenset(
     {"hang", "segfault", "oom", "bad_alloc", "decord_error", "pyav_error", "decoders_error"}
