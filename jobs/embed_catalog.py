@@ -162,10 +162,17 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     d.add_argument("--decode-memory-mb", type=int, default=4096, help="memory cap per decoder")
     d.add_argument(
         "--decoder",
-        choices=["decord", "pyav"],
-        default="decord",
-        help="decoder tried first, the other is the fallback; pyav costs ~half the CPU on "
-        "long videos",
+        choices=["pyav", "decord"],
+        default="pyav",
+        help="decoder tried first, the other is the fallback; both give the same frames, "
+        "pyav for about half the CPU (it decodes only what the sampled frames need)",
+    )
+    d.add_argument(
+        "--sampling",
+        choices=["exact", "keyframe"],
+        default="exact",
+        help="keyframe: each sampled frame moves to the nearest keyframe of its segment "
+        "(approximate, cheaper; changes the embedding signature)",
     )
 
     r = p.add_argument_group("resources")
@@ -251,6 +258,7 @@ def build_config(args: argparse.Namespace, has_gpu: bool) -> RunConfig:
             timeout_s=args.decode_timeout,
             memory_limit_mb=args.decode_memory_mb,
             decoder=args.decoder,
+            sampling=args.sampling,
         ),
         embed=EmbedConfig(
             model=model,

@@ -18,12 +18,17 @@ BASE = ["--manifest", "m.parquet", "--db", "db", "--model", "tiny-random"]
 
 
 def test_decoder_choice_reaches_the_decode_config():
-    assert build_config(parse_args(BASE), has_gpu=False).decode.decoder == "decord"
-    cfg = build_config(parse_args([*BASE, "--decoder", "pyav"]), has_gpu=False)
-    assert cfg.decode.decoder == "pyav"
-    assert cfg.decode.worker_params()["decoder"] == "pyav"
-    with pytest.raises(SystemExit):
-        parse_args([*BASE, "--decoder", "opencv"])
+    default = build_config(parse_args(BASE), has_gpu=False).decode
+    assert (default.decoder, default.sampling) == ("pyav", "exact")
+    cfg = build_config(parse_args([*BASE, "--decoder", "decord"]), has_gpu=False)
+    assert cfg.decode.decoder == "decord"
+    assert cfg.decode.worker_params()["decoder"] == "decord"
+    cfg = build_config(parse_args([*BASE, "--sampling", "keyframe"]), has_gpu=False)
+    assert cfg.decode.worker_params()["sampling"] == "keyframe"
+    assert ("sampling", "keyframe") in cfg.decode.signature_inputs()
+    for bad in (["--decoder", "opencv"], ["--sampling", "nearest"]):
+        with pytest.raises(SystemExit):
+            parse_args([*BASE, *bad])
 
 
 @pytest.mark.parametrize(
@@ -165,7 +170,8 @@ def test_the_resolved_config_hides_secrets_holding_quotes_or_spaces(job, monkeyp
     expected.update(manifest="s3://***@bucket/m.parquet", db="s3://***@bucket/db")
     expected.update(allowed_roots=["//***@minio/videos"])
     assert json.loads(config.partition(": ")[2]) == expected
-    assert expected["mode"] == "incremental" and expected["decode"]["decoder"] == "decord"
+    assert expected["mode"] == "incremental" and expected["decode"]["decoder"] == "pyav"
+    assert expected["decode"]["sampling"] == "exact"
 
 
 def test_a_run_is_refused_while_another_writer_holds_the_table(job, tmp_path, capsys):
