@@ -14,6 +14,7 @@ import sys
 
 import av
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,8 +26,8 @@ from models.internvideo2.preprocess import (
     resize_frames,
     resize_frames_np,
 )
-from pipeline import runs
-from pipeline.decode import DecodeConfig, IsolatedDecoder
+from pipeline import runs, schema
+from pipeline.decode import DecodeConfig, DecodeStage, IsolatedDecoder
 from pipeline.decode.child import decode_path, open_container, plan_clips, rgb_frame
 from pipeline.decode.reader import StreamIndex, index_stream, read_frames, snap_to_keyframes
 
@@ -169,6 +170,10 @@ def test_pyav_decoder_returns_decords_frames(videos, name, settings):
             # decord seeks by mixing decode-order keyframe positions with presentation
             # indices; with open GOPs some frames come out shifted (the next test).
             np.testing.assert_array_equal(np.stack([got[i] for i in plan.indices]), old)
+            # The old child's reply: decord's frames through torch's resize, one at a time.
+            before = np.concatenate([resize_frames(f[None]) for f in old])
+            diff = np.abs(frames.astype(np.int16) - before)
+            assert diff.max() <= 1 and (diff > 0).mean() <= MAX_DIFFERING, (diff > 0).mean()
 
 
 def test_open_gop_frames_are_the_decoded_ones_where_decord_shifts_them(videos):
@@ -333,6 +338,41 @@ def test_keyframe_sampling_decodes_less_and_changes_the_signature(videos):
     assert decoded == 4
 
 
+def test_keyframe_rows_record_the_frames_they_were_made_from(videos):
+    """The decode stage's rows (what the table stores) carry the frames keyframe sampling
+    used, so each row's shift from the exact frames is known: the shift stays inside the
+    frame's segment, and the row's pixels are those frames'."""
+    root, files = videos
+    manifest = pa.table(
+        {
+            schema.VIDEO_ID: ["short-gops", "one-gop"],
+            schema.URI: [str(files["x264-gop25"]), str(files["x264-gop250"])],
+        }
+    )
+    rows = {}
+    for sampling in ("exact", "keyframe"):
+        config = DecodeConfig(allowed_roots=(str(root),), clip_seconds=2.0, sampling=sampling)
+        stage = DecodeStage(config)
+        try:
+            rows[sampling] = stage.decode_batch(manifest)
+        finally:
+            stage.close()
+    exact, approx = (rows[k][schema.FRAME_INDICES].to_pylist() for k in ("exact", "keyframe"))
+    assert rows["keyframe"][schema.STATUS].to_pylist() == ["ok"] * 4
+    assert exact == [[5, 18, 30, 43], [55, 68, 80, 93]] * 2
+    # One keyframe per second: every frame moves to the keyframe of its segment; one
+    # keyframe in 10 s: only the first segment holds it.
+    assert approx == [[0, 18, 25, 43], [50, 68, 75, 93], [0, 18, 30, 43], [55, 68, 80, 93]]
+    shift = np.abs(np.array(approx) - np.array(exact))
+    assert shift.max() == 5 and shift[2:, 1:].max() == 0
+    pixels = schema.frames_ndarray(rows["keyframe"][schema.FRAMES])
+    names = ["x264-gop25"] * 2 + ["x264-gop250"] * 2
+    for row, (name, indices) in enumerate(zip(names, approx, strict=True)):
+        every = decode_every_frame(files[name])
+        expected = resize_frames_np(np.stack([every[i] for i in indices]))
+        np.testing.assert_array_equal(pixels[row], expected)
+
+
 def test_a_failing_pyav_decode_falls_back_to_decords_exact_frames(videos):
     path = str(videos[1]["x264-gop25"])
     params = {**DecodeConfig(sampling="keyframe").worker_params()}
@@ -343,6 +383,32 @@ def test_a_failing_pyav_decode_falls_back_to_decords_exact_frames(videos):
 
 
 # --- the child process -----------------------------------------------------------------
+
+
+def mapped_files(pid: int) -> set[str]:
+    """The files a live process has mapped (its shared libraries among them)."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return {line.split(maxsplit=5)[5].strip() for line in maps if len(line.split()) == 6}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_running_decoder_child_has_not_loaded_torch(videos):
+    """What a child holds after real decodes, read from /proc: no torch (its import cost
+    1.2 CPU s and ~200 MB per process); decord only once a job asked for it."""
+    root, files = videos
+    libraries = {}
+    for decoder in ("pyav", "decord"):
+        config = DecodeConfig(allowed_roots=(str(root),), decoder=decoder)
+        with IsolatedDecoder(config) as isolated:
+            for name in ("x264-gop25", "rot90"):
+                result = isolated.decode(str(files[name]))
+                assert result.decoder == decoder, result
+            libraries[decoder] = mapped_files(isolated.child_pid)
+    for decoder, files_mapped in libraries.items():
+        assert any("libavcodec" in f for f in files_mapped), decoder  # the check sees libraries
+        assert not [f for f in files_mapped if "torch" in f], decoder
+    assert not [f for f in libraries["pyav"] if "decord" in f]
+    assert [f for f in libraries["decord"] if "decord" in f]
 
 
 def test_the_decoder_child_imports_neither_torch_nor_decord():
