@@ -2,7 +2,7 @@
 
 The baseline is the least a job could cost: a `multiprocessing` pool with one process per
 core running the decode child's own function (:func:`pipeline.decode.child.decode_path`,
-same probe, sampling and resize, torch single-threaded) on every video, frames dropped;
+same probe, sampling and resize, one BLAS thread, no torch) on every video, frames dropped;
 timed on a fresh pool ("cold", process start and imports included) and again on the same
 pool ("warm", the ratio's denominator). The job is everything else too: validation and
 refresh plan, Ray Data decode actors (each with its isolated decoder process), frames
@@ -57,11 +57,25 @@ _PARAMS: dict = {}
 
 
 def _init_worker(params: dict, niceness: int) -> None:
-    import torch
-
+    """A baseline process: what the decode child imports (not torch), niced like Ray's
+    workers; one BLAS thread, as the child (`_spawn_pool` sets it before the start)."""
     os.nice(niceness)
-    torch.set_num_threads(1)  # as the decode child does
     _PARAMS.update(params)
+
+
+def _spawn_pool(processes: int, initializer, initargs: tuple):
+    """A `spawn` pool (no fork of a threaded parent) whose processes start with
+    OPENBLAS_NUM_THREADS=1, as the decoder child's environment sets it (numpy's resize)."""
+    before = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        context = multiprocessing.get_context("spawn")
+        return context.Pool(processes, initializer=initializer, initargs=initargs)
+    finally:
+        if before is None:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = before
 
 
 def _decode_local(uri: str, roots: tuple[str, ...], base_dir: str, params: dict):
@@ -90,6 +104,7 @@ def _init_embedder(params: dict, niceness: int, spec) -> None:
     import torch
 
     _init_worker(params, niceness)
+    torch.set_num_threads(1)
     _MODEL.append(spec.build(torch.device("cpu"), torch.float32))
 
 
@@ -242,9 +257,8 @@ def baseline(manifest: str, params: dict, processes: int, niceness: int) -> dict
     uris = pq.read_table(manifest, columns=["uri"])["uri"].to_pylist()
     base = os.path.dirname(manifest)
     jobs = [(uri, (base,), base) for uri in uris]
-    spawn = multiprocessing.get_context("spawn")  # no fork of a threaded parent
     started = time.perf_counter()
-    with spawn.Pool(processes, initializer=_init_worker, initargs=(params, niceness)) as pool:
+    with _spawn_pool(processes, _init_worker, (params, niceness)) as pool:
         clips = sum(pool.imap_unordered(_fetch_and_decode, jobs, chunksize=4))
         cold = time.perf_counter() - started
         with TreeCpu(roots=tuple(p.pid for p in pool._pool)) as cpu:
@@ -265,10 +279,9 @@ def upper_bound(manifest: str, params: dict, processes: int, niceness: int) -> d
     cfg = job_config(manifest, base)
     size = cfg.resources.embed_batch_clips
     batches = [[(u, (base,), base) for u in uris[i : i + size]] for i in range(0, len(uris), size)]
-    spawn = multiprocessing.get_context("spawn")
     started = time.perf_counter()
     initargs = (params, niceness, cfg.embed.model)
-    with spawn.Pool(processes, initializer=_init_embedder, initargs=initargs) as pool:
+    with _spawn_pool(processes, _init_embedder, initargs) as pool:
         clips = sum(pool.imap_unordered(_decode_and_embed, batches))
         cold = time.perf_counter() - started
         with TreeCpu(roots=tuple(p.pid for p in pool._pool)) as cpu:
@@ -406,8 +419,8 @@ def med(values: list[float], fmt: str = ".1f") -> str:
     return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
 
 
-def cpu_profile(by_process: dict[str, float], videos: int) -> str:
-    """CPU ms per video by kind of process, largest first."""
+def cpu_groups(by_process: dict[str, float]) -> dict[str, float]:
+    """CPU seconds by kind of process."""
     groups = {
         "decode children": ("pipeline.decode.child",),
         "decode actors": ("MapBatches(DecodeStage)",),
@@ -418,7 +431,40 @@ def cpu_profile(by_process: dict[str, float], videos: int) -> str:
     for name, seconds in by_process.items():
         group = next((g for g, keys in groups.items() if any(k in name for k in keys)), None)
         out[group or "Ray daemons and other"] += seconds
-    return ", ".join(f"{g} {s / videos * 1e3:.1f}" for g, s in out.items())
+    return out
+
+
+def cpu_profile(by_process: dict[str, float], videos: int) -> str:
+    """CPU ms per video by kind of process."""
+    return ", ".join(f"{g} {s / videos * 1e3:.1f}" for g, s in cpu_groups(by_process).items())
+
+
+def start_up_split(results: dict) -> list[str]:
+    """The job's CPU split into start-up (CPU s) and per video (CPU ms) by kind of process,
+    from the two cases' medians: per video = the difference over the difference in videos,
+    start-up = the small case's CPU less its videos' share."""
+    full, small = results["full"], results["small"]
+    n_full, n_small = full[0][0]["videos"], small[0][0]["videos"]
+    if n_full == n_small:
+        return []
+    groups = {}
+    for case, runs in (("full", full), ("small", small)):
+        by_group = [cpu_groups(j["by_process"]) for _, j in runs]
+        groups[case] = {g: statistics.median(b[g] for b in by_group) for g in by_group[0]}
+    lines = [
+        f"Job CPU split by differencing the {n_full}- and {n_small}-clip cases (medians):",
+        "",
+        "| process | start-up CPU s | CPU ms per video |",
+        "|---|---:|---:|",
+    ]
+    total_start = total_per = 0.0
+    for group in groups["full"]:
+        per = (groups["full"][group] - groups["small"][group]) / (n_full - n_small)
+        start = groups["small"][group] - n_small * per
+        total_start, total_per = total_start + start, total_per + per
+        lines.append(f"| {group} | {start:.2f} | {per * 1e3:.1f} |")
+    lines.append(f"| **job** | **{total_start:.2f}** | **{total_per * 1e3:.1f}** |")
+    return lines
 
 
 def naive_ratio(runs: list[tuple[dict, dict]]) -> str:
@@ -536,6 +582,10 @@ def main() -> None:
         "actors, decode children)."
     )
     print(f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")
+    split = start_up_split(results)
+    if split:
+        print()
+        print("\n".join(split))
     if params.get("thumbnail_size"):
         print()
         print(thumbnail_cost(small, params, results["small"][-1][1]["db"]))
