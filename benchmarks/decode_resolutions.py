@@ -12,8 +12,9 @@ included), taking turns pass by pass:
 
 * old: the decoder child before this change: PyAV probe, decord `get_batch`, torch's float
   resize, thumbnail;
-* new: today's child (`decode_path`, decoder "pyav", exact sampling): one open, one demux,
-  decode only what the 4 frames need, numpy resize, thumbnail;
+* new: today's child (`decode_path`, decoder "pyav", exact sampling): one open (an MP4's
+  without FFmpeg's stream-info probe decoding frames), one demux, decode only what the 4
+  frames need, numpy resize, thumbnail;
 * keyframe: the same with `sampling="keyframe"` (approximate);
 * new 2 threads: the new path with FFmpeg frame threads (CPU and wall: threads inside a
   decoder vs more decoder processes).
@@ -50,10 +51,10 @@ import torch
 from models.internvideo2.preprocess import resize_frames, resize_frames_np
 from pipeline.decode import DecodeConfig
 from pipeline.decode.child import (
+    PROBE_OPTIONS,
     decode_path,
     open_container,
     plan_clips,
-    probe,
     probe_container,
     rgb_frame,
     thumbnail,
@@ -135,8 +136,10 @@ def describe_encode(path: Path) -> dict:
 
 def old_path(path: str, params: dict) -> tuple[list, np.ndarray]:
     """The decoder child before this change: probe, decord get_batch per clip, torch resize
-    one frame at a time, thumbnail of the middle frame."""
-    probe(path, params)
+    one frame at a time, thumbnail of the middle frame. Its probe opened the file plainly
+    (FFmpeg's stream-info probe decoding H.264 frames)."""
+    with av.open(path, options=PROBE_OPTIONS) as container:
+        probe_container(container, params)
     reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
     plans = plan_clips(len(reader), reader.get_avg_fps(), params)
     out = []

@@ -224,6 +224,39 @@ def test_rotation_and_colour_matrix_as_decord_applies_them(videos, name):
         assert upright.shape == (frame.height, frame.width, 3)
 
 
+def remux(source, target):
+    """The packets of `source`'s video stream in another container (by `target`'s suffix)."""
+    with av.open(str(source)) as inp, av.open(str(target), "w") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.size:
+                packet.stream = stream
+                out.mux(packet)
+    return target
+
+
+def test_an_mp4_is_opened_without_decoding_a_frame(videos, tmp_path):
+    """FFmpeg's stream-info probe decodes H.264 frames with a decoder of its own; for the
+    MP4 family its decoder skips them all (the pixel format then stays unknown until ours
+    decodes), other containers are opened as before. The frames are the same either way."""
+    mp4 = videos[1]["x264-gop25"]
+    mkv = remux(mp4, tmp_path / "x264-gop25.mkv")
+    with av.open(str(mp4)) as container:
+        assert container.streams.video[0].codec_context.pix_fmt == "yuv420p"
+    with open_container(str(mp4)) as container:
+        assert container.streams.video[0].codec_context.pix_fmt is None
+    with open_container(str(mkv)) as container:
+        assert container.format.name == "matroska,webm"
+        assert container.streams.video[0].codec_context.pix_fmt == "yuv420p"
+    for path in (mp4, mkv):
+        header, frames = decode_path(str(path), DecodeConfig(**DENSE).worker_params())
+        assert header["decoder"] == "pyav" and len(header["clips"]) == 4, header
+        every = decode_every_frame(path)
+        for clip, resized in zip(header["clips"], frames, strict=True):
+            expected = np.stack([every[i] for i in clip["frame_indices"]])
+            np.testing.assert_array_equal(resized, resize_frames_np(expected))
+
+
 # --- the resize ------------------------------------------------------------------------
 
 
