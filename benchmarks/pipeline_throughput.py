@@ -374,7 +374,6 @@ def thumbnail_cost(manifest: str, params: dict, db: str, rounds: int = 5) -> str
     import av
     import lancedb
     import pyarrow.compute as pc
-    import torch
 
     from pipeline.decode.child import decode_path, thumbnail
     from pipeline.uris import resolve_uri
@@ -387,7 +386,6 @@ def thumbnail_cost(manifest: str, params: dict, db: str, rounds: int = 5) -> str
         with av.open(path) as container:
             frames.append(next(container.decode(video=0)).to_ndarray(format="rgb24"))
     off = {**params, "thumbnail_size": 0}
-    torch.set_num_threads(1)  # as in the decoder child (OpenMP spinning would bill CPU)
     decode_ms, thumb_ms = [], []
     clips = 0
     for _ in range(rounds):
