@@ -21,6 +21,11 @@ logger = logging.getLogger(__name__)
 STAGE2_1B_NAME = "InternVideo2-Stage2_1B-224p-f4"
 #: Name of the small random test model (`InternVideo2Config.tiny_random`).
 TINY_RANDOM = "tiny-random"
+#: Name of the small model trained on the sample catalog (`InternVideo2Config.demo_shapes`).
+DEMO_SHAPES = "demo-shapes"
+#: Entries of the `demo-shapes` WordPiece vocabulary (special tokens, characters, the
+#: sample catalog's caption words): the size of its text embedding table.
+DEMO_SHAPES_VOCAB_SIZE = 114
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,25 @@ class InternVideo2Config:
         """The seed named by a :meth:`random_digest`, None for another digest."""
         match = re.fullmatch(r"random:seed(\d+):[0-9a-f]+", digest)
         return int(match.group(1)) if match else None
+
+    @classmethod
+    def demo_shapes(
+        cls, num_frames: int = 4, vocab_size: int = DEMO_SHAPES_VOCAB_SIZE
+    ) -> InternVideo2Config:
+        """The `demo-shapes` model, trained on the synthetic sample catalog.
+
+        Same input and output shapes as the 1B model (224-px frames, 512-d embeddings) and
+        tiny-random's vision tower (32-px patches, two 64-d blocks); its BERT is 64-d with
+        two text layers and two matching-decoder layers (tiny-random: 32-d, 2 + 1), enough
+        for the matching head to check four attributes. The default `vocab_size` is that of
+        its vocabulary (`weights/demo-shapes.vocab.txt`). It knows only the synthetic
+        shapes: never a production model.
+        """
+        base = cls.tiny_random(num_frames=num_frames, vocab_size=vocab_size)
+        text = dataclasses.replace(
+            base.text, hidden_size=64, intermediate_size=128, num_hidden_layers=4, fusion_layer=2
+        )
+        return dataclasses.replace(base, text=text, name=DEMO_SHAPES)
 
     def with_num_frames(self, num_frames: int) -> InternVideo2Config:
         return dataclasses.replace(
