@@ -1,0 +1,434 @@
+"""Stage-2 training of a small InternVideo2 on in-memory clips: contrastive plus matching loss.
+
+Everything is in memory and on the CPU-or-GPU tensors given: uint8 frames, attribute labels
+and a function that writes a caption for labels. Frames go through
+:func:`.preprocess.normalize_frames` and captions through :func:`.tokenizer.tokenize`, the
+same calls as inference and queries, so the model sees at training time what it sees when
+embedding. One `torch.Generator` seeded from the config drives every random choice
+(initialization, order, augmentation, hard negatives): the same seed and thread count give
+the same weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .losses import ANY, contrastive_loss, matching_loss, matching_pairs, positive_mask
+from .model import InternVideo2
+from .preprocess import normalize_frames
+from .tokenizer import DEFAULT_MAX_LENGTH, tokenize
+from .vision import RMSNorm
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FrameTransform:
+    """A frame transform that keeps a caption true once its labels are mapped.
+
+    Attributes:
+        name: for logs.
+        flip_time: play the frames backwards.
+        flip_width: mirror every frame left-right.
+        relabel: per attribute, the new label of each old label (`relabel[a][old]`), or
+            None where the attribute does not change.
+    """
+
+    name: str
+    flip_time: bool = False
+    flip_width: bool = False
+    relabel: tuple[tuple[int, ...] | None, ...] = ()
+
+    def frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 `[B, T, H, W, 3]` → transformed `[B, T, H, W, 3]`."""
+        dims = [d for d, on in ((1, self.flip_time), (3, self.flip_width)) if on]
+        return frames.flip(dims) if dims else frames
+
+    def labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """int `[B, A]` → the labels of the transformed clips."""
+        out = labels.clone()
+        for a, mapping in enumerate(self.relabel):
+            if mapping is not None:
+                out[:, a] = torch.tensor(mapping, device=labels.device)[labels[:, a]]
+        return out
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimization settings.
+
+    Attributes:
+        seed: drives initialization, batch order, augmentation and negative sampling.
+        epochs, batch_size: passes over the data and clips per step (the last partial
+            batch of an epoch is dropped).
+        lr, min_lr, warmup_steps: AdamW peak learning rate, linear warm-up, then cosine
+            decay to `min_lr` at the last step.
+        weight_decay: on weight matrices only (not norms, biases, embeddings, `temp`).
+        temp_init, temp_min, temp_max: the learnable contrastive temperature (the
+            checkpoint's `temp`), clamped after each step.
+        matching_weight: weight of the matching loss against the contrastive one.
+        uniform_negatives: share of the matching head's negatives drawn uniformly rather
+            than by similarity (see :func:`.losses.sample_hard_negatives`).
+        transform_prob: probability of applying each caption-preserving transform.
+        partner_fraction: share of each batch that are "partners": for an anchor clip of
+            the batch, a clip whose caption differs from the anchor's in exactly one
+            attribute. In a random batch most pairs differ in several attributes (nine
+            in ten in the background colour alone), so the loss would teach little
+            beyond the most visible one; partners make each attribute a frequent
+            difference between a positive and a negative.
+        caption_dropout: per attribute, the probability that a training caption leaves
+            it out (a shorter query); empty: always the full caption.
+        max_length: token length of captions (queries use the same).
+        grad_clip: max global gradient norm.
+        qk_norm_init: initial QK-norm weights of the vision blocks (see :func:`init_weights`).
+    """
+
+    seed: int = 0
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 3e-3
+    min_lr: float = 1e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    temp_init: float = 0.07
+    temp_min: float = 0.01
+    temp_max: float = 0.5
+    matching_weight: float = 1.0
+    uniform_negatives: float = 0.5
+    transform_prob: float = 0.5
+    partner_fraction: float = 0.5
+    caption_dropout: tuple[float, ...] = ()
+    max_length: int = DEFAULT_MAX_LENGTH
+    grad_clip: float = 1.0
+    qk_norm_init: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("need epochs >= 1 and batch_size >= 2")
+        if not 0 < self.temp_min <= self.temp_init <= self.temp_max:
+            raise ValueError("need 0 < temp_min <= temp_init <= temp_max")
+        probabilities = (self.transform_prob, self.partner_fraction, *self.caption_dropout)
+        if not all(0 <= p < 1 for p in probabilities):
+            raise ValueError("probabilities must be in [0, 1)")
+
+
+@dataclass
+class TrainingSet:
+    """Clips and what they show.
+
+    Attributes:
+        frames: uint8 `[N, T, 224, 224, 3]` decoded clips.
+        labels: int64 `[N, A]` attribute labels; equal rows have the same caption.
+        describe: labels (a tuple of `A` ints, :data:`.losses.ANY` for a left-out
+            attribute) → caption text.
+        transforms: caption-preserving frame transforms for augmentation.
+    """
+
+    frames: torch.Tensor
+    labels: torch.Tensor
+    describe: Callable[[tuple[int, ...]], str]
+    transforms: Sequence[FrameTransform] = ()
+
+    def __post_init__(self) -> None:
+        if self.frames.dtype != torch.uint8 or self.frames.ndim != 5:
+            raise ValueError("frames must be uint8 [N, T, H, W, 3]")
+        if self.labels.ndim != 2 or self.labels.shape[0] != self.frames.shape[0]:
+            raise ValueError("labels must be [N, A], one row per clip")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did: per-epoch means and the learned temperature."""
+
+    temp: torch.Tensor
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+
+
+class CaptionTokens:
+    """Token ids of captions by labels, tokenized once each with the query tokenizer."""
+
+    def __init__(self, tokenizer, describe: Callable, max_length: int) -> None:
+        self.tokenizer, self.describe, self.max_length = tokenizer, describe, max_length
+        self.rows: dict[tuple[int, ...], int] = {}
+        self.ids = torch.empty(0, max_length, dtype=torch.long)
+        self.mask = torch.empty(0, max_length, dtype=torch.long)
+
+    def __call__(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """int `[B, A]` labels → ids and attention mask `[B, max_length]`."""
+        keys = [tuple(row) for row in labels.tolist()]
+        new = list(dict.fromkeys(k for k in keys if k not in self.rows))
+        if new:
+            ids, mask = tokenize(self.tokenizer, [self.describe(k) for k in new], self.max_length)
+            base = len(self.rows)
+            self.rows.update((k, base + i) for i, k in enumerate(new))
+            self.ids, self.mask = torch.cat([self.ids, ids]), torch.cat([self.mask, mask])
+        index = torch.tensor([self.rows[k] for k in keys])
+        return self.ids[index], self.mask[index]
+
+
+class PartnerBatches:
+    """Batches of anchors (each clip once per pass, in random order) and their partners.
+
+    A partner of an anchor has the same labels but one, drawn uniformly among the
+    attributes for which such a clip exists; an anchor without any gets a random clip.
+    """
+
+    def __init__(
+        self, labels: torch.Tensor, batch_size: int, fraction: float, gen: torch.Generator
+    ) -> None:
+        self.n, self.gen = labels.shape[0], gen
+        self.num_partners = round(batch_size * fraction)
+        self.num_anchors = batch_size - self.num_partners
+        rows = [tuple(r) for r in labels.tolist()]
+        # partners[i][a]: clips equal to clip i in every attribute but a, differing in a.
+        self.partners: list[list[torch.Tensor]] = [[] for _ in rows]
+        for a in range(labels.shape[1]):
+            groups: dict[tuple, list[int]] = {}
+            for i, r in enumerate(rows):
+                groups.setdefault(r[:a] + r[a + 1 :], []).append(i)
+            for i, r in enumerate(rows):
+                same_rest = groups[r[:a] + r[a + 1 :]]
+                options = [j for j in same_rest if rows[j][a] != r[a]]
+                if options:
+                    self.partners[i].append(torch.tensor(options))
+        self.order = torch.empty(0, dtype=torch.long)
+
+    def _anchors(self, k: int) -> torch.Tensor:
+        while self.order.numel() < k:
+            self.order = torch.cat([self.order, torch.randperm(self.n, generator=self.gen)])
+        out, self.order = self.order[:k], self.order[k:]
+        return out
+
+    def next(self) -> torch.Tensor:
+        """int64 `[batch_size]` clip indices: anchors, then one partner per first anchors."""
+        anchors = self._anchors(self.num_anchors)
+        picks = torch.rand(self.num_partners, 2, generator=self.gen).tolist()
+        partners = []
+        for anchor, (u, v) in zip(anchors[: self.num_partners].tolist(), picks, strict=False):
+            options = self.partners[anchor]
+            if options:
+                choice = options[int(u * len(options))]
+                partners.append(int(choice[int(v * len(choice))]))
+            else:
+                partners.append(int(v * self.n))
+        return torch.cat([anchors, torch.tensor(partners, dtype=torch.long)])
+
+
+def init_weights(model: InternVideo2, generator: torch.Generator, qk_norm_init: float) -> None:
+    """Initialize a small model for training from scratch.
+
+    Linear and convolution weights are N(0, 1/fan_in) (LeCun), so activations keep their
+    scale through 32- to 64-wide layers (BERT's N(0, 0.02) would leave such narrow layers
+    nearly linear), biases 0, norms and LayerScale 1. Embeddings, position embeddings and
+    the cls token are N(0, 0.02). The vision blocks' QK-norm weights start at
+    `qk_norm_init`: QK-norm bounds the attention logits by the norm weights, and at 1 the
+    attention over ~200 tokens stays nearly uniform, so a few shape tokens cannot stand out.
+    """
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            module = model.get_submodule(name.rsplit(".", 1)[0])
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                p.fill_(qk_norm_init)
+            elif name.endswith("gamma") or (_is_norm(module) and name.endswith("weight")):
+                p.fill_(1.0)
+            elif isinstance(module, nn.Linear | nn.Conv3d) and name.endswith("weight"):
+                p.normal_(0.0, p[0].numel() ** -0.5, generator=generator)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:  # embeddings, position embeddings, cls token
+                p.normal_(0.0, 0.02, generator=generator)
+        pad = model.config.text.pad_token_id
+        model.text_encoder.bert.embeddings.word_embeddings.weight[pad].zero_()
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm | RMSNorm)
+
+
+def _param_groups(model: InternVideo2, temp: nn.Parameter, weight_decay: float) -> list[dict]:
+    decay, plain = [], [temp]
+    for name, p in model.named_parameters():
+        embedding = "embed" in name.split(".")[-1] or "embeddings" in name or "cls_token" in name
+        (decay if p.ndim >= 2 and not embedding else plain).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0}]
+
+
+def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
+    """Linear warm-up over `warmup` steps, then cosine from 1 down to `floor` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train(
+    model: InternVideo2,
+    tokenizer,
+    data: TrainingSet,
+    config: TrainConfig,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Initialize `model` from `config.seed` and train it on `data` in place.
+
+    Args:
+        model: a freshly built model (its weights are overwritten), on its device.
+        tokenizer: the WordPiece tokenizer queries will use.
+        data: clips, labels and captions.
+        config: optimization settings.
+        on_epoch: called after every epoch with its index and statistics.
+
+    Returns:
+        The per-epoch statistics and the learned temperature (a 0-d tensor, stored in the
+        checkpoint as `temp`). The model is left in eval mode.
+    """
+    # Deterministic kernels for the run: with two CPU threads the backward of the
+    # matching pairs' gathers (index_put with accumulation) otherwise adds in a varying
+    # order, and two runs of one seed drifted apart by 1e-5 within four steps.
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(model, tokenizer, data, config, on_epoch)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _train(
+    model: InternVideo2,
+    tokenizer,
+    data: TrainingSet,
+    config: TrainConfig,
+    on_epoch: Callable[[int, dict[str, float]], None] | None,
+) -> TrainResult:
+    gen = torch.Generator().manual_seed(config.seed)
+    init_weights(model, gen, config.qk_norm_init)
+    model.requires_grad_(True)
+    model.train()
+    device = model.device
+    temp = nn.Parameter(torch.tensor(config.temp_init, device=device))
+    optimizer = torch.optim.AdamW(_param_groups(model, temp, config.weight_decay), lr=config.lr)
+    n = data.frames.shape[0]
+    steps_per_epoch = n // config.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"{n} clips are fewer than one batch of {config.batch_size}")
+    total = steps_per_epoch * config.epochs
+    floor = config.min_lr / config.lr
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, config.warmup_steps, floor)
+    )
+    captions = CaptionTokens(tokenizer, data.describe, config.max_length)
+    batches = PartnerBatches(data.labels, config.batch_size, config.partner_fraction, gen)
+    result = TrainResult(temp=temp.detach())
+    started = time.perf_counter()
+    for epoch in range(config.epochs):
+        sums = {"loss": 0.0, "vtc": 0.0, "vtm": 0.0}
+        epoch_start = time.perf_counter()
+        for _ in range(steps_per_epoch):
+            index = batches.next()
+            frames, video_labels, text_labels = _augment(data, index, config, gen)
+            ids, mask = captions(text_labels)
+            vtc, vtm = _losses(
+                model, temp, frames, ids, mask, video_labels, text_labels, gen, config
+            )
+            loss = vtc + config.matching_weight * vtm
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_([*model.parameters(), temp], config.grad_clip)
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():
+                temp.clamp_(config.temp_min, config.temp_max)
+            sums["loss"] += loss.item()
+            sums["vtc"] += vtc.item()
+            sums["vtm"] += vtm.item()
+        stats = {k: v / steps_per_epoch for k, v in sums.items()}
+        stats["temp"] = temp.item()
+        stats["lr"] = schedule.get_last_lr()[0]
+        stats["seconds"] = time.perf_counter() - epoch_start
+        result.epochs.append(stats)
+        logger.info(
+            "epoch %d/%d: loss %.4f (vtc %.4f, vtm %.4f), temp %.4f, %.1f s",
+            epoch + 1,
+            config.epochs,
+            stats["loss"],
+            stats["vtc"],
+            stats["vtm"],
+            stats["temp"],
+            stats["seconds"],
+        )
+        if on_epoch is not None:
+            on_epoch(epoch, stats)
+    result.steps = total
+    result.seconds = time.perf_counter() - started
+    result.temp = temp.detach().clone()
+    model.eval()
+    model.requires_grad_(False)
+    return result
+
+
+def checkpoint_state(model: InternVideo2, temp: torch.Tensor) -> dict[str, dict]:
+    """`{"model": state_dict}` in the official layout: the model's keys plus the scalar `temp`.
+
+    Tensors are detached float32 CPU copies, ready for `torch.save`.
+    """
+    state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()}
+    state["temp"] = temp.detach().to("cpu", torch.float32).reshape(())
+    return {"model": state}
+
+
+def _augment(
+    data: TrainingSet, index: torch.Tensor, config: TrainConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch `index` with random caption-preserving transforms and caption dropout.
+
+    Returns:
+        uint8 frames `[B, T, H, W, 3]`, video labels `[B, A]` and text labels `[B, A]`
+        (video labels with some attributes set to :data:`.losses.ANY`).
+    """
+    frames, labels = data.frames[index], data.labels[index]
+    b = index.shape[0]
+    for transform in data.transforms:
+        chosen = torch.rand(b, generator=gen) < config.transform_prob
+        if chosen.any():
+            frames[chosen] = transform.frames(frames[chosen])
+            labels[chosen] = transform.labels(labels[chosen])
+    text_labels = labels.clone()
+    for a, p in enumerate(config.caption_dropout):
+        dropped = torch.rand(b, generator=gen) < p
+        text_labels[dropped, a] = ANY
+    return frames, labels, text_labels
+
+
+def _losses(
+    model: InternVideo2,
+    temp: torch.Tensor,
+    frames: torch.Tensor,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    video_labels: torch.Tensor,
+    text_labels: torch.Tensor,
+    gen: torch.Generator,
+    config: TrainConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The contrastive and the matching loss of one batch."""
+    device = model.device
+    pixels = normalize_frames(frames, model.dtype, device)
+    tokens, pooled = model.video_features(pixels)
+    video_emb = model.project_video(pooled)
+    text_emb, hidden = model.encode_text(ids, mask)
+    positives = positive_mask(video_labels, text_labels).to(device)
+    vtc = contrastive_loss(video_emb, text_emb, temp, positives)
+    with torch.no_grad():
+        sim = (video_emb @ text_emb.T / temp).cpu()
+    videos, texts, labels = matching_pairs(sim, positives.cpu(), gen, config.uniform_negatives)
+    mask = mask.to(device)
+    logits = model.match_logits(hidden[texts], mask[texts], tokens[videos])
+    return vtc, matching_loss(logits, labels.to(device))
