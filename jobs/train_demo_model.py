@@ -1,0 +1,168 @@
+"""Train the `demo-shapes` InternVideo2 on the synthetic sample catalog, on CPU.
+
+    python -m jobs.train_demo_model --seed 0 --out demo_out/demo-shapes
+
+Renders the training catalogs and a held-out one (another seed, resolution, frame rate and
+length), decodes them with the pipeline's decoder, trains with the stage-2 losses and
+writes `demo-shapes.pt` (`{"model": state_dict}` in the official key layout, plus `temp`),
+`demo-shapes.vocab.txt`, `demo-shapes.report.json` (settings, seconds, per-epoch losses,
+held-out metrics) and `demo-shapes.config.json` into `--out`. The JSON summary goes to
+stdout, logs to stderr. The same seed and thread count give the same weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.internvideo2 import InternVideo2, InternVideo2Config
+from models.internvideo2.evaluate import evaluate
+from models.internvideo2.tokenizer import load_tokenizer, write_vocab
+from models.internvideo2.train import TrainConfig, TrainingSet, checkpoint_state, train
+from pipeline import training_data
+from pipeline.query import TINY_VOCAB_WORDS
+
+log = logging.getLogger("vidcat.train_demo_model")
+NAME = "demo-shapes"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    defaults = TrainConfig()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0, help="training catalogs and training")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (determinism)")
+    p.add_argument("--train-videos", type=int, default=training_data.TRAIN_VIDEOS)
+    p.add_argument("--held-out-videos", type=int, default=training_data.HELD_OUT.num_videos)
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--rerank-k", type=int, default=16, help="candidates re-ranked in the eval")
+    p.add_argument(
+        "--eval-every", type=int, default=5, help="held-out metrics every N epochs (0: end only)"
+    )
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    specs = training_data.training_specs(args.seed, args.train_videos)
+    held_spec = dataclasses.replace(training_data.HELD_OUT, num_videos=args.held_out_videos)
+    train_set = training_data.render_training_set(specs)
+    held = training_data.render_held_out(held_spec)
+    data_seconds = time.perf_counter() - started
+
+    vocab = write_vocab(out / f"{NAME}.vocab.txt", TINY_VOCAB_WORDS)
+    tokenizer = load_tokenizer(vocab)
+    config = InternVideo2Config.demo_shapes(vocab_size=len(tokenizer.vocab))
+    train_config = dataclasses.replace(
+        defaults, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr
+    )
+    model = InternVideo2(config)
+    progress: list[dict] = []
+
+    def on_epoch(epoch: int, stats: dict) -> None:
+        if args.eval_every and (epoch + 1) % args.eval_every == 0 and epoch + 1 < args.epochs:
+            model.eval()
+            metrics = _evaluate(model, tokenizer, held, args.rerank_k)
+            model.train()
+            progress.append({"epoch": epoch + 1, **_headline(metrics)})
+            log.info("held-out after epoch %d: %s", epoch + 1, progress[-1])
+
+    result = train(
+        model,
+        tokenizer,
+        TrainingSet(
+            torch.from_numpy(train_set.frames),
+            torch.from_numpy(train_set.labels),
+            training_data.describe,
+            training_data.TRANSFORMS,
+        ),
+        train_config,
+        on_epoch=on_epoch,
+    )
+    del train_set
+    eval_start = time.perf_counter()
+    metrics = _evaluate(model, tokenizer, held, args.rerank_k)
+    eval_seconds = time.perf_counter() - eval_start
+
+    checkpoint = out / f"{NAME}.pt"
+    torch.save(checkpoint_state(model, result.temp), checkpoint)
+    (out / f"{NAME}.config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    report = {
+        "model": NAME,
+        "command": "python -m jobs.train_demo_model " + " ".join(argv or sys.argv[1:]),
+        "seed": args.seed,
+        "torch_threads": args.threads,
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "train_config": dataclasses.asdict(train_config),
+        "training_catalogs": [dataclasses.asdict(s) for s in specs],
+        "held_out_catalog": dataclasses.asdict(held_spec),
+        "held_out_copies": training_data.COPY_ENCODING,
+        "seconds": {
+            "data": round(data_seconds, 1),
+            "train": round(result.seconds, 1),
+            "eval": round(eval_seconds, 1),
+            "total": round(time.perf_counter() - started, 1),
+            "process_cpu": round(time.process_time(), 1),
+        },
+        "steps": result.steps,
+        "temp": round(float(result.temp), 5),
+        "epochs": result.epochs,
+        "held_out": metrics,
+        "held_out_during_training": progress,
+        "checkpoint_bytes": checkpoint.stat().st_size,
+    }
+    (out / f"{NAME}.report.json").write_text(json.dumps(report, indent=2) + "\n")
+    summary = {
+        "checkpoint": str(checkpoint),
+        "seconds": report["seconds"],
+        "held_out": _headline(metrics),
+    }
+    print(json.dumps(summary))
+    return summary
+
+
+def _evaluate(model, tokenizer, held: training_data.VideoSet, rerank_k: int) -> dict:
+    return evaluate(
+        model,
+        tokenizer,
+        held.frames,
+        held.labels,
+        held.captions,
+        held.copies,
+        attributes=training_data.ATTRIBUTES,
+        rerank_k=rerank_k,
+    )
+
+
+def _headline(metrics: dict) -> dict:
+    return {
+        "r1": metrics["text_to_video"]["r1"],
+        "r5": metrics["text_to_video"]["r5"],
+        "reranked_r1": metrics["reranked"]["r1"],
+        "reranked_r5": metrics["reranked"]["r5"],
+        "copy_top1": metrics.get("copy_top1"),
+    }
+
+
+if __name__ == "__main__":
+    main()
