@@ -1,0 +1,314 @@
+"""The `demo-shapes` model: its losses, its training loop, and the committed checkpoint.
+
+The checkpoint tests render a small catalog with a seed and an encoding that training never
+used, decode it with the pipeline's decoder and search it with the committed weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.internvideo2 import InternVideo2, InternVideo2Config, load_internvideo2
+from models.internvideo2.checkpoint import read_state_dict
+from models.internvideo2.evaluate import encode_clips, evaluate
+from models.internvideo2.losses import (
+    ANY,
+    contrastive_loss,
+    matching_loss,
+    matching_pairs,
+    positive_mask,
+    sample_hard_negatives,
+)
+from models.internvideo2.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from models.internvideo2.tokenizer import load_tokenizer, tokenize, write_vocab
+from models.internvideo2.train import (
+    FrameTransform,
+    PartnerBatches,
+    TrainConfig,
+    TrainingSet,
+    checkpoint_state,
+    train,
+)
+from pipeline import training_data
+from pipeline.query import TINY_VOCAB_WORDS
+from pipeline.sample_catalog import sample_videos
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "internvideo2" / "weights"
+CHECKPOINT = WEIGHTS / "demo-shapes.pt"
+VOCAB = WEIGHTS / "demo-shapes.vocab.txt"
+#: A catalog no training run used: its own seed, size, frame rate and length.
+TEST_CATALOG = training_data.CatalogSpec(
+    seed=777, num_videos=32, width=256, height=192, fps=20, seconds=2.0
+)
+DIRECTION = training_data.ATTRIBUTES.index("direction")
+
+
+# ---- losses -----------------------------------------------------------------------------
+
+
+def test_contrastive_loss_matches_a_hand_computation():
+    video = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    eye = torch.eye(2, dtype=torch.bool)
+    # sim = I / 0.5: each row is log-softmax of [2, 0]; the target is the diagonal.
+    expected = math.log(1 + math.exp(-2.0))
+    assert contrastive_loss(video, text, 0.5, eye).item() == pytest.approx(expected, rel=1e-6)
+    # Both texts true of video 0 (same caption): its row's target is [0.5, 0.5].
+    positives = torch.tensor([[True, True], [False, True]])
+    log_p = torch.log_softmax(torch.tensor([2.0, 0.0]), 0)
+    v2t = (-(0.5 * log_p[0] + 0.5 * log_p[1]) + -log_p[0]) / 2  # rows 0 and 1 (mirrored)
+    # text→video: text 0 is true of video 0 only; text 1 of both videos.
+    t2v = (-log_p[0] + -(0.5 * log_p[1] + 0.5 * log_p[0])) / 2
+    got = contrastive_loss(video, text, 0.5, positives).item()
+    assert got == pytest.approx(float((v2t + t2v) / 2), rel=1e-6)
+
+
+def test_temperature_scales_the_logits():
+    gen = torch.Generator().manual_seed(0)
+    video = torch.nn.functional.normalize(torch.randn(4, 8, generator=gen))
+    eye = torch.eye(4, dtype=torch.bool)
+    hot, cold = (contrastive_loss(video, video, t, eye).item() for t in (1.0, 0.05))
+    assert cold < hot  # identical pairs: a lower temperature sharpens onto the diagonal
+
+
+def test_same_caption_pairs_are_not_pushed_apart():
+    # Video 0 is nearer its own text than text 1, which has the same caption. With the
+    # caption mask the loss pulls video 0 towards text 1 (a gradient step raises their
+    # similarity); a diagonal-only target would push them apart.
+    video = torch.eye(2, requires_grad=True)
+    text = torch.eye(2)
+    same = positive_mask(torch.tensor([[0, 1, 2, 3]] * 2), torch.tensor([[0, 1, 2, 3]] * 2))
+    assert same.all()
+    contrastive_loss(video, text, 0.1, same).backward()
+    assert video.grad[0] @ text[1] < 0  # descent increases video 0 . text 1
+    video.grad = None
+    contrastive_loss(video, text, 0.1, torch.eye(2, dtype=torch.bool)).backward()
+    assert video.grad[0] @ text[1] > 0
+
+
+def test_collapsed_same_caption_pairs_are_the_optimum():
+    # Two videos and two texts with one caption, all at one point: the loss is the
+    # target's entropy, log 2, its minimum, and nothing moves.
+    point = torch.nn.functional.normalize(torch.tensor([[1.0, 2.0, 3.0]]), dim=-1)
+    video = point.repeat(2, 1).requires_grad_(True)
+    loss = contrastive_loss(video, point.repeat(2, 1), 0.07, torch.ones(2, 2, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() == pytest.approx(math.log(2), rel=1e-6)
+    assert video.grad.abs().max().item() < 1e-6
+
+
+def test_positive_mask_reads_left_out_attributes_as_any():
+    videos = torch.tensor([[0, 1, 2, 3], [0, 4, 2, 3], [1, 1, 2, 3]])
+    texts = torch.tensor([[0, 1, 2, 3], [0, ANY, 2, 3], [ANY, 1, ANY, ANY]])
+    expected = torch.tensor([[True, True, True], [False, True, False], [False, False, True]])
+    assert torch.equal(positive_mask(videos, texts), expected)
+
+
+def test_hard_negatives_are_never_positives_and_follow_the_similarity():
+    sim = torch.tensor([[9.0, 3.0, 0.0, -9.0], [5.0, 5.0, 5.0, 5.0]])
+    positives = torch.tensor([[True, False, False, False], [True, True, True, True]])
+    gen = torch.Generator().manual_seed(0)
+    draws = [sample_hard_negatives(sim, positives, gen) for _ in range(400)]
+    picks = torch.stack([index for index, _ in draws])
+    assert torch.equal(draws[0][1], torch.tensor([True, False]))  # row 1 has no negative
+    counts = torch.bincount(picks[:, 0], minlength=4)
+    assert counts[0] == 0  # the positive, despite the highest similarity
+    assert counts[1] > counts[2] > counts[3]  # e^3 : e^0 : e^-9
+
+
+def test_matching_pairs_pair_each_item_with_two_negatives():
+    sim = torch.randn(6, 6, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([[0], [0], [1], [2], [3], [4]])  # items 0 and 1: one caption
+    positives = positive_mask(labels, labels)
+    videos, texts, y = matching_pairs(sim, positives, torch.Generator().manual_seed(2))
+    assert videos.shape == texts.shape == y.shape == (18,)
+    assert torch.equal(y, torch.tensor([1] * 6 + [0] * 12))
+    assert torch.equal(videos[:6], torch.arange(6)) and torch.equal(texts[:6], torch.arange(6))
+    assert not positives[videos[6:], texts[6:]].any()
+    # Every text gets a negative video, then every video a negative text.
+    assert torch.equal(texts[6:12], torch.arange(6))
+    assert torch.equal(videos[12:], torch.arange(6))
+
+
+def test_matching_loss_is_the_cross_entropy_of_the_match_logits():
+    logits = torch.tensor([[0.0, 2.0], [1.0, -1.0], [0.5, 0.5]])
+    labels = torch.tensor([1, 0, 0])
+    per_pair = [math.log(1 + math.exp(-2.0)), math.log(1 + math.exp(-2.0)), math.log(2)]
+    assert matching_loss(logits, labels).item() == pytest.approx(sum(per_pair) / 3, rel=1e-6)
+
+
+# ---- data and training ------------------------------------------------------------------
+
+
+def test_captions_and_transforms_of_the_catalog():
+    for video in sample_videos(20, seed=3):
+        assert training_data.describe(training_data.labels_of(video)) == video.caption
+    labels = training_data.labels_of(sample_videos(1, seed=0)[0])
+    partial = (labels[0], ANY, ANY, ANY)
+    assert training_data.describe(partial) == f"a {training_data.VALUES[0][labels[0]]}"
+    directions = training_data.VALUES[DIRECTION]
+    mirror, reverse = training_data.TRANSFORMS
+    for name, expected in (("left", "right"), ("right", "left"), ("up", "up"), ("down", "down")):
+        row = torch.tensor([[0, 0, 1, directions.index(name)]])
+        assert directions[int(mirror.labels(row)[0, DIRECTION])] == expected
+    for name, expected in (("left", "right"), ("right", "left"), ("up", "down"), ("down", "up")):
+        row = torch.tensor([[0, 0, 1, directions.index(name)]])
+        assert directions[int(reverse.labels(row)[0, DIRECTION])] == expected
+
+
+def test_frame_transforms_flip_the_named_axes():
+    frames = torch.arange(2 * 3 * 4 * 5 * 3, dtype=torch.int64).reshape(2, 3, 4, 5, 3)
+    assert torch.equal(FrameTransform("t", flip_time=True).frames(frames), frames.flip(1))
+    assert torch.equal(FrameTransform("w", flip_width=True).frames(frames), frames.flip(3))
+
+
+def test_partners_differ_in_exactly_one_attribute():
+    labels = torch.tensor([[s, c, 9 - c, d] for s in range(3) for c in range(3) for d in range(4)])
+    batches = PartnerBatches(labels, 8, 0.5, torch.Generator().manual_seed(0))
+    for _ in range(10):
+        index = batches.next()
+        anchors, partners = labels[index[:4]], labels[index[4:]]
+        assert ((anchors != partners).sum(dim=1) == 1).all()
+
+
+def _tiny_training_set(n: int = 8) -> TrainingSet:
+    gen = torch.Generator().manual_seed(5)
+    frames = torch.randint(0, 256, (n, 4, 224, 224, 3), dtype=torch.uint8, generator=gen)
+    labels = torch.tensor([training_data.labels_of(v) for v in sample_videos(n, seed=5)])
+    return TrainingSet(frames, labels, training_data.describe, training_data.TRANSFORMS)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return load_tokenizer(write_vocab(tmp_path_factory.mktemp("vocab") / "v.txt", TINY_VOCAB_WORDS))
+
+
+def test_training_steps_are_deterministic_for_a_seed(tokenizer):
+    data = _tiny_training_set()
+    config = TrainConfig(seed=3, epochs=2, batch_size=4, warmup_steps=1)
+
+    def run(cfg: TrainConfig) -> dict[str, torch.Tensor]:
+        model = InternVideo2(InternVideo2Config.demo_shapes())
+        result = train(model, tokenizer, data, cfg)
+        assert result.steps == 4 and len(result.epochs) == 2
+        assert all(math.isfinite(e["loss"]) for e in result.epochs)
+        return checkpoint_state(model, result.temp)["model"]
+
+    first, second = run(config), run(config)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    other = run(dataclasses.replace(config, seed=4))
+    assert not torch.equal(first["vision_proj.weight"], other["vision_proj.weight"])
+
+
+def test_checkpoint_state_has_the_official_layout():
+    model = InternVideo2(InternVideo2Config.demo_shapes())
+    state = checkpoint_state(model, torch.tensor(0.05))["model"]
+    assert set(state) == set(model.state_dict()) | {"temp"}
+    assert state["temp"].shape == () and state["temp"].item() == pytest.approx(0.05)
+
+
+# ---- the committed checkpoint -----------------------------------------------------------
+
+
+def test_committed_vocabulary_is_the_caption_vocabulary(tmp_path):
+    expected = write_vocab(tmp_path / "vocab.txt", TINY_VOCAB_WORDS).read_text()
+    assert VOCAB.read_text() == expected
+    assert len(expected.splitlines()) == InternVideo2Config.demo_shapes().text.vocab_size
+
+
+def test_committed_checkpoint_loads_strictly():
+    state = read_state_dict(CHECKPOINT)
+    model = load_internvideo2(CHECKPOINT, InternVideo2Config.demo_shapes())
+    assert set(state) == set(model.state_dict()) | {"temp"}
+    assert model.load_report.ignored == ["temp"]
+    assert 0.0 < state["temp"].item() < 0.5
+    assert CHECKPOINT.stat().st_size < 8 << 20
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    return load_internvideo2(CHECKPOINT, InternVideo2Config.demo_shapes())
+
+
+@pytest.fixture(scope="module")
+def demo_tokenizer():
+    return load_tokenizer(VOCAB)
+
+
+@pytest.fixture(scope="module")
+def held_out() -> training_data.VideoSet:
+    return training_data.render_videos(TEST_CATALOG, workers=2)
+
+
+def _r1(model, tokenizer, data, frames=None) -> float:
+    frames = data.frames if frames is None else frames
+    metrics = evaluate(model, tokenizer, frames, data.labels, data.captions, rerank_k=1)
+    return metrics["text_to_video"]["r1"]
+
+
+def test_committed_model_retrieves_unseen_videos(demo_model, demo_tokenizer, held_out):
+    metrics = evaluate(
+        demo_model,
+        demo_tokenizer,
+        held_out.frames,
+        held_out.labels,
+        held_out.captions,
+        attributes=training_data.ATTRIBUTES,
+        rerank_k=8,
+    )
+    chance = metrics["text_to_video"]["chance_r1"]
+    assert chance < 0.05
+    assert metrics["text_to_video"]["r1"] >= 0.6
+    assert metrics["text_to_video"]["r5"] >= 0.85
+    assert metrics["reranked"]["r1"] >= 0.6
+
+
+def _direction_accuracy(model, tokenizer, data, frames) -> float:
+    """How often the video's own direction is the best of the four captions that differ
+    from its caption only in the direction."""
+    embeddings, _ = encode_clips(model, frames)
+    hits = []
+    for labels, embedding in zip(data.labels.tolist(), embeddings, strict=True):
+        options = [(*labels[:DIRECTION], d) for d in range(4)]
+        ids, mask = tokenize(tokenizer, [training_data.describe(o) for o in options])
+        text, _ = model.encode_text(ids, mask)
+        hits.append(int((text @ embedding).argmax()) == labels[DIRECTION])
+    return float(np.mean(hits))
+
+
+@torch.inference_mode()
+def test_reversed_frames_reverse_the_direction(demo_model, demo_tokenizer, held_out):
+    forward = _direction_accuracy(demo_model, demo_tokenizer, held_out, held_out.frames)
+    flipped = np.ascontiguousarray(held_out.frames[:, ::-1])
+    backward = _direction_accuracy(demo_model, demo_tokenizer, held_out, flipped)
+    assert forward >= 0.8
+    assert backward <= 0.3  # played backwards, the clip moves the other way
+
+
+def test_swapped_channels_break_retrieval(demo_model, demo_tokenizer, held_out):
+    r1 = _r1(demo_model, demo_tokenizer, held_out)
+    bgr = np.ascontiguousarray(held_out.frames[..., ::-1])
+    assert _r1(demo_model, demo_tokenizer, held_out, bgr) <= r1 - 0.3
+
+
+@torch.inference_mode()
+def test_skipped_normalization_breaks_retrieval(demo_model, demo_tokenizer, held_out):
+    r1 = _r1(demo_model, demo_tokenizer, held_out)
+    # Pixels scaled to [0, 1] but not standardized with the ImageNet mean and std: what the
+    # model would see if a caller forgot normalize_frames' second half.
+    raw = torch.from_numpy(held_out.frames).permute(0, 1, 4, 2, 3).float() / 255
+    embeddings = demo_model.encode_video(raw)
+    queries = sorted({tuple(r) for r in held_out.labels.tolist()})
+    ids, mask = tokenize(demo_tokenizer, [training_data.describe(q) for q in queries])
+    text, _ = demo_model.encode_text(ids, mask)
+    top = (text @ embeddings.T).argmax(dim=1)
+    hits = [tuple(held_out.labels[int(t)]) == q for t, q in zip(top, queries, strict=True)]
+    assert float(np.mean(hits)) <= r1 - 0.3
+    assert IMAGENET_MEAN != (0.0, 0.0, 0.0) and IMAGENET_STD != (1.0, 1.0, 1.0)
