@@ -31,7 +31,7 @@ from models.internvideo2.evaluate import evaluate
 from models.internvideo2.tokenizer import load_tokenizer, write_vocab
 from models.internvideo2.train import TrainConfig, TrainingSet, checkpoint_state, train
 from pipeline import training_data
-from pipeline.query import TINY_VOCAB_WORDS
+from models.internvideo2.tokenizer import TINY_VOCAB_WORDS
 
 log = logging.getLogger("vidcat.train_demo_model")
 NAME = "demo-shapes"

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from models.internvideo2.losses import ANY
 from models.internvideo2.train import FrameTransform
-from pipeline._decode_worker import decode_path
+from pipeline.decode.child import decode_path
 from pipeline.decode import DecodeConfig
 from pipeline.sample_catalog import (
     CAPTION,
@@ -185,7 +185,7 @@ def render_videos(spec: CatalogSpec, *, copies: dict | None = None, workers: int
     Returns:
         A :class:`VideoSet`.
     """
-    params = DecodeConfig().worker_params()
+    params = DecodeConfig(thumbnail_size=0).worker_params()  # frames only, no JPEGs
     videos = sample_videos(spec.num_videos, spec.seed)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vidcat-train-") as tmp:

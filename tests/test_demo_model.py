@@ -36,7 +36,7 @@ from models.internvideo2.train import (
     train,
 )
 from pipeline import training_data
-from pipeline.query import TINY_VOCAB_WORDS
+from models.internvideo2.tokenizer import TINY_VOCAB_WORDS
 from pipeline.sample_catalog import sample_videos
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "internvideo2" / "weights"
