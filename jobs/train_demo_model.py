@@ -1,13 +1,15 @@
 """Train the `demo-shapes` InternVideo2 on the synthetic sample catalog, on CPU.
 
-    python -m jobs.train_demo_model --seed 0 --out demo_out/demo-shapes
+    python -m jobs.train_demo_model --seed 0 --out demo_out/demo-shapes --cache /tmp/dm-cache
 
 Renders the training catalogs and a held-out one (another seed, resolution, frame rate and
 length), decodes them with the pipeline's decoder, trains with the stage-2 losses and
 writes `demo-shapes.pt` (`{"model": state_dict}` in the official key layout, plus `temp`),
 `demo-shapes.vocab.txt`, `demo-shapes.report.json` (settings, seconds, per-epoch losses,
 held-out metrics) and `demo-shapes.config.json` into `--out`. The JSON summary goes to
-stdout, logs to stderr. The same seed and thread count give the same weights.
+stdout, logs to stderr. The same seed and thread count give the same weights. With
+`--cache DIR` the decoded frames of each catalog are kept there as `.npz` files, so a
+second run skips rendering and decoding.
 """
 
 from __future__ import annotations
@@ -28,21 +30,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.internvideo2 import InternVideo2, InternVideo2Config
 from models.internvideo2.evaluate import evaluate
-from models.internvideo2.tokenizer import load_tokenizer, write_vocab
+from models.internvideo2.tokenizer import TINY_VOCAB_WORDS, load_tokenizer, write_vocab
 from models.internvideo2.train import TrainConfig, TrainingSet, checkpoint_state, train
 from pipeline import training_data
-from models.internvideo2.tokenizer import TINY_VOCAB_WORDS
 
 log = logging.getLogger("vidcat.train_demo_model")
 NAME = "demo-shapes"
+#: Settings of the committed checkpoint (with `training_data.TRAIN_VIDEOS` videos).
+EPOCHS, BATCH_SIZE, LR = 12, 32, 2e-3
 
 
 def main(argv: list[str] | None = None) -> dict:
-    defaults = TrainConfig()
+    defaults = TrainConfig(epochs=EPOCHS, batch_size=BATCH_SIZE, lr=LR)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0, help="training catalogs and training")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (determinism)")
+    p.add_argument("--cache", default=None, help="directory keeping decoded frames (.npz)")
     p.add_argument("--train-videos", type=int, default=training_data.TRAIN_VIDEOS)
     p.add_argument("--held-out-videos", type=int, default=training_data.HELD_OUT.num_videos)
     p.add_argument("--epochs", type=int, default=defaults.epochs)
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--rerank-k", type=int, default=16, help="candidates re-ranked in the eval")
     p.add_argument(
-        "--eval-every", type=int, default=5, help="held-out metrics every N epochs (0: end only)"
+        "--eval-every", type=int, default=4, help="held-out metrics every N epochs (0: end only)"
     )
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -58,23 +62,27 @@ def main(argv: list[str] | None = None) -> dict:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    try:  # bad settings are exit 2 before any work
+        if args.threads < 1 or args.rerank_k < 1 or args.eval_every < 0:
+            raise ValueError("--threads and --rerank-k must be >= 1, --eval-every >= 0")
+        specs = training_data.training_specs(args.seed, args.train_videos)
+        held_spec = dataclasses.replace(training_data.HELD_OUT, num_videos=args.held_out_videos)
+        train_config = dataclasses.replace(
+            defaults, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr
+        )
+    except ValueError as exc:
+        p.error(str(exc))
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-
-    specs = training_data.training_specs(args.seed, args.train_videos)
-    held_spec = dataclasses.replace(training_data.HELD_OUT, num_videos=args.held_out_videos)
-    train_set = training_data.render_training_set(specs)
-    held = training_data.render_held_out(held_spec)
+    train_set = training_data.render_training_set(specs, cache=args.cache)
+    held = training_data.render_held_out(held_spec, cache=args.cache)
     data_seconds = time.perf_counter() - started
 
     vocab = write_vocab(out / f"{NAME}.vocab.txt", TINY_VOCAB_WORDS)
     tokenizer = load_tokenizer(vocab)
     config = InternVideo2Config.demo_shapes(vocab_size=len(tokenizer.vocab))
-    train_config = dataclasses.replace(
-        defaults, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr
-    )
     model = InternVideo2(config)
     progress: list[dict] = []
 

@@ -13,12 +13,16 @@ transforms that keep a caption true once its labels are mapped.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import av
 import numpy as np
@@ -26,8 +30,8 @@ import pyarrow.parquet as pq
 
 from models.internvideo2.losses import ANY
 from models.internvideo2.train import FrameTransform
-from pipeline.decode.child import decode_path
 from pipeline.decode import DecodeConfig
+from pipeline.decode.child import decode_path
 from pipeline.sample_catalog import (
     CAPTION,
     COLORS,
@@ -97,10 +101,11 @@ TRAINING_ENCODINGS = (
     (192, 144, 12, 3.5),
     (192, 108, 16, 3.0),
 )
-#: Training videos of the committed checkpoint, split evenly over the encodings.
-TRAIN_VIDEOS = 4800
+#: Training videos of the committed checkpoint, split evenly over the encodings (what fits
+#: the ~20-minute CPU budget with the epochs of `jobs/train_demo_model.py`).
+TRAIN_VIDEOS = 3000
 #: The held-out catalog: a seed and an encoding no training catalog uses.
-HELD_OUT = CatalogSpec(seed=9001, num_videos=300, width=400, height=300, fps=30, seconds=3.0)
+HELD_OUT = CatalogSpec(seed=9001, num_videos=120, width=400, height=300, fps=30, seconds=3.0)
 #: How held-out videos are re-encoded for the copy-detection metric (see :func:`reencode`).
 COPY_ENCODING = {"width": 240, "height": 180, "crf": 35}
 
@@ -110,6 +115,10 @@ def training_specs(seed: int, num_videos: int = TRAIN_VIDEOS) -> tuple[CatalogSp
 
     Catalog seeds are `1000 * (seed + 1) + k`, never :data:`HELD_OUT`'s seed.
     """
+    if num_videos < 1 or seed < 0:
+        raise ValueError(
+            f"need at least one training video and seed >= 0, got {num_videos}, {seed}"
+        )
     parts = len(TRAINING_ENCODINGS)
     counts = [num_videos // parts + (k < num_videos % parts) for k in range(parts)]
     specs = tuple(
@@ -225,14 +234,59 @@ def render_videos(spec: CatalogSpec, *, copies: dict | None = None, workers: int
     return VideoSet(frames, labels, captions, copied, (spec,))
 
 
-def render_held_out(spec: CatalogSpec = HELD_OUT, workers: int | None = None) -> VideoSet:
+def cached_videos(
+    spec: CatalogSpec,
+    cache: str | os.PathLike | None,
+    *,
+    copies: dict | None = None,
+    workers: int | None = None,
+) -> VideoSet:
+    """:func:`render_videos`, kept as an `.npz` in the directory `cache` (None: no cache).
+
+    The file name holds the spec, the copies' encoding and the decode settings, so a
+    changed decoder or catalog never reads stale frames; a second run skips rendering and
+    decoding (minutes on a busy 2-core machine).
+    """
+    if cache is None:
+        return render_videos(spec, copies=copies, workers=workers)
+    params = DecodeConfig(thumbnail_size=0).worker_params()
+    key = json.dumps([dataclasses.asdict(spec), copies, params], sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = Path(cache) / f"catalog-{spec.seed}-{digest}.npz"
+    if path.exists():
+        with np.load(path) as npz:
+            saved = {k: npz[k] for k in npz.files}
+        logger.info("catalog %s: decoded frames from %s", spec, path)
+        return VideoSet(
+            saved["frames"],
+            saved["labels"],
+            [str(c) for c in saved["captions"]],
+            saved.get("copies"),
+            (spec,),
+        )
+    videos = render_videos(spec, copies=copies, workers=workers)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"frames": videos.frames, "labels": videos.labels, "captions": videos.captions}
+    if videos.copies is not None:
+        arrays["copies"] = videos.copies
+    partial = path.with_suffix(".partial.npz")
+    np.savez(partial, **arrays)
+    os.replace(partial, path)
+    return videos
+
+
+def render_held_out(
+    spec: CatalogSpec = HELD_OUT, workers: int | None = None, cache: str | None = None
+) -> VideoSet:
     """The held-out catalog with a re-encoded copy of each video (:data:`COPY_ENCODING`)."""
-    return render_videos(spec, copies=COPY_ENCODING, workers=workers)
+    return cached_videos(spec, cache, copies=COPY_ENCODING, workers=workers)
 
 
-def render_training_set(specs: Sequence[CatalogSpec], workers: int | None = None) -> VideoSet:
+def render_training_set(
+    specs: Sequence[CatalogSpec], workers: int | None = None, cache: str | None = None
+) -> VideoSet:
     """Several catalogs (e.g. of other sizes, frame rates and lengths) as one set."""
-    parts = [render_videos(spec, workers=workers) for spec in specs]
+    parts = [cached_videos(spec, cache, workers=workers) for spec in specs]
     return VideoSet(
         np.concatenate([p.frames for p in parts]),
         np.concatenate([p.labels for p in parts]),

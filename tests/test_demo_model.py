@@ -26,7 +26,7 @@ from models.internvideo2.losses import (
     sample_hard_negatives,
 )
 from models.internvideo2.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from models.internvideo2.tokenizer import load_tokenizer, tokenize, write_vocab
+from models.internvideo2.tokenizer import TINY_VOCAB_WORDS, load_tokenizer, tokenize, write_vocab
 from models.internvideo2.train import (
     FrameTransform,
     PartnerBatches,
@@ -36,7 +36,6 @@ from models.internvideo2.train import (
     train,
 )
 from pipeline import training_data
-from models.internvideo2.tokenizer import TINY_VOCAB_WORDS
 from pipeline.sample_catalog import sample_videos
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "internvideo2" / "weights"
