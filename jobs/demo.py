@@ -1,14 +1,17 @@
 """The demo: make the sample catalog, embed it, and search it.
 
-    make demo                                  # tiny random model, clearly labelled
+    make demo                                  # demo-shapes, the bundled toy model
     make demo CHECKPOINT=/models/InternVideo2-stage2_1b-224p-f4.pt \
         TOKENIZER=/models/bert-large-uncased
 
 Uses an embedded local Ray and local directories. With `--checkpoint` the real
 InternVideo2 1B embeds the catalog and `--tokenizer` points at bert-large-uncased (else
-the query fetches it from the hub; with HF_HUB_OFFLINE set the demo refuses to start);
-without it, the random `tiny-random` model runs, and every row's `model` column says so.
+the query fetches it from the hub; with HF_HUB_OFFLINE set the demo refuses to start).
+Without it, `demo-shapes` runs: a small InternVideo2 bundled with vidcat and trained on the
+sample catalog's synthetic shapes only, so the query finds what it names; every row's
+`model` column says `demo-shapes` (`--model tiny-random`: the random test model).
 An existing catalog is reused when it has `--num-videos` videos and made again otherwise.
+The default 96 videos include a red circle moving right, the default query.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import pyarrow.parquet as pq
 
 from jobs import embed_catalog
 from jobs.common import setup_logging
-from pipeline.models import TINY_RANDOM
+from pipeline.models import DEMO_SHAPES, TINY_RANDOM
 from pipeline.sample_catalog import make_sample_catalog
 
 log = logging.getLogger("vidcat.demo")
@@ -45,7 +48,7 @@ def tokenizer_problem(checkpoint: str | None, tokenizer: str | None) -> str | No
             return f"--tokenizer: {exc}"
         return None
     if not checkpoint:
-        return None  # tiny-random brings its own vocabulary
+        return None  # demo-shapes and tiny-random bring their own vocabulary
     from huggingface_hub import is_offline_mode
 
     if is_offline_mode():
@@ -65,13 +68,26 @@ def catalog_is_current(manifest: Path, num_videos: int) -> bool:
         return False
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--out", default="demo_out", help="where the catalog and the table go")
-    p.add_argument("--num-videos", type=int, default=24)
-    p.add_argument("--checkpoint", default=None, help="InternVideo2 1B weights (else tiny-random)")
+    p.add_argument("--num-videos", type=int, default=96)
+    p.add_argument(
+        "--checkpoint", default=None, help="InternVideo2 1B weights (else the --model below)"
+    )
+    p.add_argument(
+        "--model",
+        choices=(DEMO_SHAPES, TINY_RANDOM),
+        default=DEMO_SHAPES,
+        help="model without --checkpoint: the bundled toy model, or the random test model",
+    )
     p.add_argument("--tokenizer", default=None, help="bert-large-uncased directory (real model)")
     p.add_argument("--query", default="a red circle moving right")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    p = build_parser(prog)
     args = p.parse_args(argv)
     # Before any work: otherwise the query fails only after the whole embed.
     if problem := tokenizer_problem(args.checkpoint, args.tokenizer):
@@ -88,10 +104,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     model = (
         ["--model", "internvideo2-1b", "--checkpoint", args.checkpoint]
         if args.checkpoint
-        else ["--model", TINY_RANDOM]
+        else ["--model", args.model]
     )
-    if not args.checkpoint:
-        log.warning("no --checkpoint: embedding with the RANDOM tiny test model (tiny-random)")
+    if not args.checkpoint and args.model == TINY_RANDOM:
+        log.warning("embedding with the RANDOM tiny test model (tiny-random)")
+    elif not args.checkpoint:
+        log.warning(
+            "no --checkpoint: embedding with %s, a toy model that knows only the sample "
+            "catalog's synthetic shapes (CHECKPOINT=... for the real InternVideo2 1B)",
+            DEMO_SHAPES,
+        )
     code = embed_catalog.main(
         [
             "--manifest",
@@ -114,7 +136,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     qargs = ["text", args.query, "--db", str(out / "lancedb"), "--k", "5", *model]
     if args.tokenizer:
         qargs += ["--tokenizer", args.tokenizer]
-    note = "" if args.checkpoint else "  (random model: scores are meaningless)"
+    note = {
+        TINY_RANDOM: "  (random model: scores are meaningless)",
+        DEMO_SHAPES: f"  ({DEMO_SHAPES}: a toy model of the synthetic shapes only)",
+    }.get(None if args.checkpoint else args.model, "")
     print(f"\nquery: {args.query!r}{note}")
     code = query.main(qargs)
     print(f"\nsearch page: make serve   (or: vidcat serve --db {out / 'lancedb'})")

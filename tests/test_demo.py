@@ -91,7 +91,25 @@ def test_catalog_is_remade_when_num_videos_changes(tmp_path, calls):
     # The table follows a catalog the run made (videos that left it are deleted); a run
     # that finds its catalog in place leaves the table's other rows alone.
     assert ["--prune" in argv for argv in calls["embed"]] == [True, True, False]
-    assert all(_after(argv, "--model") == "tiny-random" for argv in calls["query"])
+    # Without a checkpoint the bundled demo-shapes model embeds and answers the query.
+    assert all(_after(argv, "--model") == "demo-shapes" for argv in calls["embed"])
+    assert all(_after(argv, "--model") == "demo-shapes" for argv in calls["query"])
+
+
+def test_random_test_model_on_request(tmp_path, calls, capsys):
+    assert demo.main(["--out", str(tmp_path), "--num-videos", "1", "--model", "tiny-random"]) == 0
+    (embed,), (q,) = calls["embed"], calls["query"]
+    assert _after(embed, "--model") == _after(q, "--model") == "tiny-random"
+    assert "scores are meaningless" in capsys.readouterr().out
+
+
+def test_default_catalog_holds_the_default_query():
+    # The demo's query names a video its default catalog has, so the top hit can show it.
+    from pipeline.sample_catalog import sample_videos
+
+    defaults = demo.build_parser().parse_args([])
+    captions = [v.caption for v in sample_videos(defaults.num_videos)]
+    assert any(c.startswith(defaults.query + " ") for c in captions)
 
 
 def test_catalog_is_current_decision(tmp_path):
