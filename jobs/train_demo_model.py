@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     vocab = write_vocab(out / f"{NAME}.vocab.txt", TINY_VOCAB_WORDS)
     tokenizer = load_tokenizer(vocab)
-    config = InternVideo2Config.demo_shapes(vocab_size=len(tokenizer.vocab))
+    config = InternVideo2Config.demo_shapes(vocab_size=tokenizer.get_vocab_size())
     model = InternVideo2(config)
     progress: list[dict] = []
 
