@@ -88,6 +88,13 @@ class TrainConfig:
         max_length: token length of captions (queries use the same).
         grad_clip: max global gradient norm.
         qk_norm_init: initial QK-norm weights of the vision blocks (see :func:`init_weights`).
+        token_rms_max, token_rms_weight: the vision tokens' root-mean-square above
+            `token_rms_max` costs `token_rms_weight` times its square. The contrastive path
+            pools the tokens through LayerNorms and is blind to their scale, so without
+            this the residual stream grows freely (RMS ~2 at initialization, ~24 after 8
+            epochs); the matching decoder's cross-attention reads the raw tokens, and at
+            that scale its softmax saturates and the matching loss stays at its prior (the
+            entropy of one positive in three pairs, 0.6365). 0 turns it off.
     """
 
     seed: int = 0
@@ -108,6 +115,8 @@ class TrainConfig:
     max_length: int = DEFAULT_MAX_LENGTH
     grad_clip: float = 1.0
     qk_norm_init: float = 3.0
+    token_rms_max: float = 2.0
+    token_rms_weight: float = 0.1
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
@@ -229,7 +238,8 @@ def init_weights(model: InternVideo2, generator: torch.Generator, qk_norm_init: 
     Linear and convolution weights are N(0, 1/fan_in) (LeCun), so activations keep their
     scale through 32- to 64-wide layers (BERT's N(0, 0.02) would leave such narrow layers
     nearly linear), biases 0, norms and LayerScale 1. Embeddings, position embeddings and
-    the cls token are N(0, 0.02). The vision blocks' QK-norm weights start at
+    the cls token are N(0, 0.02), but the vision position embeddings start as
+    :func:`position_table`. The vision blocks' QK-norm weights start at
     `qk_norm_init`: QK-norm bounds the attention logits by the norm weights, and at 1 the
     attention over ~200 tokens stays nearly uniform, so a few shape tokens cannot stand out.
     """
@@ -248,6 +258,39 @@ def init_weights(model: InternVideo2, generator: torch.Generator, qk_norm_init: 
                 p.normal_(0.0, 0.02, generator=generator)
         pad = model.config.text.pad_token_id
         model.text_encoder.bert.embeddings.word_embeddings.weight[pad].zero_()
+        vision = model.config.vision
+        grid = round(vision.patches_per_frame**0.5)
+        encoder = model.vision_encoder
+        encoder.pos_embed.copy_(position_table(vision.num_frames, grid, vision.embed_dim))
+        encoder.img_pos_embed.copy_(position_table(1, grid, vision.embed_dim))
+
+
+def position_table(frames: int, grid: int, dim: int) -> torch.Tensor:
+    """Initial vision position embeddings `[1, 1 + frames * grid * grid, dim]`: sines and
+    cosines of the frame index (a quarter of the channels) and of the patch row and column
+    (the rest, split evenly), each over geometric frequencies from 1 down; the cls row is 0.
+
+    With the N(0, 0.02) start of the other embeddings the positions were a hundredth of the
+    patch tokens' scale and stayed too small to matter: the trained model gave the same
+    embedding to a clip played backwards (cosine 1.0000), so it could not tell the
+    direction of motion, only where the shape tends to be. Entries here are in [-1, 1].
+    """
+    time_dim = max(2, dim // 4 // 2 * 2)
+    space_dim = (dim - time_dim) // 4 * 2
+    time_dim = dim - 2 * space_dim
+    t, y, x = torch.meshgrid(
+        torch.arange(frames), torch.arange(grid), torch.arange(grid), indexing="ij"
+    )
+    parts = [_waves(t, time_dim), _waves(y, space_dim), _waves(x, space_dim)]
+    table = torch.cat(parts, dim=1)
+    return torch.cat([torch.zeros(1, dim), table]).unsqueeze(0)
+
+
+def _waves(index: torch.Tensor, dim: int) -> torch.Tensor:
+    """`[n, dim]`: sin then cos of `index * f` for `dim / 2` frequencies `f` from 1 down."""
+    freq = 1e-4 ** (torch.arange(dim // 2, dtype=torch.float64) / max(1, dim // 2))
+    angle = index.flatten().double()[:, None] * freq[None]
+    return torch.cat([angle.sin(), angle.cos()], dim=1).float()
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -335,10 +378,10 @@ def _train(
             index = batches.next()
             frames, video_labels, text_labels = _augment(data, index, config, gen)
             ids, mask = captions(text_labels)
-            vtc, vtm = _losses(
+            vtc, vtm, scale = _losses(
                 model, temp, frames, ids, mask, video_labels, text_labels, gen, config
             )
-            loss = vtc + config.matching_weight * vtm
+            loss = vtc + config.matching_weight * vtm + config.token_rms_weight * scale
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_([*model.parameters(), temp], config.grad_clip)
@@ -418,7 +461,7 @@ def _losses(
     gen: torch.Generator,
     config: TrainConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The contrastive and the matching loss of one batch."""
+    """The contrastive and the matching loss of one batch, and the token-scale penalty."""
     device = model.device
     pixels = normalize_frames(frames, model.dtype, device)
     tokens, pooled = model.video_features(pixels)
@@ -431,4 +474,6 @@ def _losses(
     videos, texts, labels = matching_pairs(sim, positives.cpu(), gen, config.uniform_negatives)
     mask = mask.to(device)
     logits = model.match_logits(hidden[texts], mask[texts], tokens[videos])
-    return vtc, matching_loss(logits, labels.to(device))
+    rms = tokens.float().pow(2).mean(dim=-1).sqrt()
+    scale = (rms - config.token_rms_max).clamp(min=0).pow(2).mean()
+    return vtc, matching_loss(logits, labels.to(device)), scale
