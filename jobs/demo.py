@@ -11,7 +11,8 @@ Without it, `demo-shapes` runs: a small InternVideo2 bundled with vidcat and tra
 sample catalog's synthetic shapes only, so the query finds what it names; every row's
 `model` column says `demo-shapes` (`--model tiny-random`: the random test model).
 An existing catalog is reused when it has `--num-videos` videos and made again otherwise.
-The default 96 videos include a red circle moving right, the default query.
+The default 96 videos include "a red circle moving right on a black background", the
+default query.
 """
 
 from __future__ import annotations
@@ -82,7 +83,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="model without --checkpoint: the bundled toy model, or the random test model",
     )
     p.add_argument("--tokenizer", default=None, help="bert-large-uncased directory (real model)")
-    p.add_argument("--query", default="a red circle moving right")
+    # A whole caption: demo-shapes puts its one video first; with the background left out
+    # ("a red circle moving right") it leans on the colour and ranks that video 11th.
+    p.add_argument("--query", default="a red circle moving right on a black background")
     return p
 
 
