@@ -1,6 +1,6 @@
 """Retrieval quality of `demo-shapes` through the real pipeline, on a held-out catalog.
 
-    python benchmarks/demo_quality.py                   # 200 videos, ~5 min on 2 busy cores
+    python benchmarks/demo_quality.py                   # 160 videos, ~8 min on 2 busy cores
     python benchmarks/demo_quality.py --videos 60 --json out.json
 
 Renders a sample catalog with a seed and an encoding no training catalog used (see
@@ -29,7 +29,7 @@ from pipeline.query import CatalogSearch
 from pipeline.training_data import ATTRIBUTES, CatalogSpec
 
 #: The benchmark's catalog: seed, size, frame rate and length that training never used.
-SPEC = CatalogSpec(seed=31337, num_videos=200, width=272, height=204, fps=18, seconds=2.6)
+SPEC = CatalogSpec(seed=31337, num_videos=160, width=272, height=204, fps=18, seconds=2.6)
 
 
 def table(result: dict) -> str:
