@@ -86,6 +86,10 @@ class SyntheticSpec:
     local_spread: float = 1.0
     iso_spread: float = 0.7
     topic_weight: float = 0.85
+    #: log-normal sigma of the cluster sizes (0.5: sizes within ~3x of each other)
+    size_sigma: float = 0.5
+    #: log-normal sigma of a per-cluster factor on both spreads (0: all clusters alike)
+    spread_sigma: float = 0.0
     seed: int = 0
 
 
@@ -101,6 +105,7 @@ class Synthetic:
     bases: np.ndarray  # [C, r, 512]
     weights: np.ndarray  # [C]
     cluster: np.ndarray  # [N] cluster of each row
+    spread: np.ndarray  # [C] factor on the cluster's spreads
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -118,7 +123,7 @@ def make_synthetic(spec: SyntheticSpec) -> Synthetic:
     w = spec.topic_weight
     centres = _normalize(w * lean + np.sqrt(1 - w * w) * own)
     bases = rng.standard_normal((spec.clusters, r, d), dtype=np.float32) / np.sqrt(d)
-    weights = rng.lognormal(0.0, 0.5, spec.clusters)
+    weights = rng.lognormal(0.0, spec.size_sigma, spec.clusters)
     weights /= weights.sum()
 
     clips = rng.integers(4, 13, spec.rows // 4 + 1)  # more videos than needed
@@ -130,6 +135,9 @@ def make_synthetic(spec: SyntheticSpec) -> Synthetic:
     video_cluster = rng.choice(spec.clusters, num_videos, p=weights)
     video_category = rng.integers(0, len(CATEGORIES), num_videos)
     cluster = video_cluster[video]
+    # A separate stream, so that spread_sigma = 0 draws exactly the data of earlier runs.
+    spread = np.exp(spec.spread_sigma * np.random.default_rng([spec.seed, 7]).standard_normal(
+        spec.clusters)).astype(np.float32)  # fmt: skip
 
     vectors = np.empty((spec.rows, d), dtype=np.float32)
     order = np.argsort(cluster, kind="stable")
@@ -137,16 +145,20 @@ def make_synthetic(spec: SyntheticSpec) -> Synthetic:
     for c in range(spec.clusters):
         rows = order[bounds[c] : bounds[c + 1]]
         if len(rows):
-            vectors[rows] = _draw(centres[c], bases[c], len(rows), spec, rng)
+            vectors[rows] = _draw(centres[c], bases[c], len(rows), spec, rng, spread[c])
     _normalize(vectors)
-    return Synthetic(vectors, video, clip_index, video_category, centres, bases, weights, cluster)
+    return Synthetic(
+        vectors, video, clip_index, video_category, centres, bases, weights, cluster, spread
+    )
 
 
-def _draw(centre, basis, n, spec: SyntheticSpec, rng) -> np.ndarray:
+def _draw(centre, basis, n, spec: SyntheticSpec, rng, scale=1.0, iso=True) -> np.ndarray:
     z = rng.standard_normal((n, spec.intrinsic_dim), dtype=np.float32)
     g = rng.standard_normal((n, schema.EMBED_DIM), dtype=np.float32)
-    local = spec.local_spread / np.sqrt(spec.intrinsic_dim)
-    return centre + local * (z @ basis) + (spec.iso_spread / np.sqrt(schema.EMBED_DIM)) * g
+    scale = float(scale)
+    local = scale * spec.local_spread / np.sqrt(spec.intrinsic_dim)
+    noise = scale * spec.iso_spread / np.sqrt(schema.EMBED_DIM) if iso else 0.0
+    return centre + local * (z @ basis) + noise * g
 
 
 def make_queries(data: Synthetic, spec: SyntheticSpec, n: int, seed: int):
@@ -154,8 +166,75 @@ def make_queries(data: Synthetic, spec: SyntheticSpec, n: int, seed: int):
     those clusters `[n]`."""
     rng = np.random.default_rng([spec.seed, seed])
     clusters = rng.choice(len(data.centres), n, p=data.weights)
-    queries = np.stack([_draw(data.centres[c], data.bases[c], 1, spec, rng)[0] for c in clusters])
+    queries = np.stack(
+        [_draw(data.centres[c], data.bases[c], 1, spec, rng, data.spread[c])[0] for c in clusters]
+    )
     return _normalize(queries.astype(np.float32)), clusters
+
+
+def _orthogonal_unit(v: np.ndarray, to: np.ndarray) -> np.ndarray:
+    """Rows of `v` with their component along the matching (unit) rows of `to` removed,
+    normalized."""
+    v = v - np.einsum("nd,nd->n", v, to)[:, None] * to
+    return _normalize(v.astype(np.float32))
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    """How the generator's "text model" places a text query (see `make_text_queries`)."""
+
+    top1: float = 0.22
+    noise_share: float = 0.3
+    seed: int = 0
+
+
+def text_direction(spec: SyntheticSpec, text: TextSpec) -> np.ndarray:
+    """The shared direction every text query of this generator leans towards: a fixed
+    random unit vector (the text embeddings' mean direction of a contrastive model)."""
+    rng = np.random.default_rng([spec.seed, text.seed, 11])
+    return _normalize(rng.standard_normal((1, schema.EMBED_DIM)))[0].astype(np.float32)
+
+
+def make_text_queries(
+    data: Synthetic, spec: SyntheticSpec, n: int, seed: int, text: TextSpec = TextSpec()
+):
+    """`[n, 512]` text-like unit queries and their clusters `[n]`.
+
+    A text query describes a clip's content, not its pixels: the content part is a cluster's
+    centre plus its local variation, without the isotropic noise of a rendered clip. It
+    then sits in the text model's own region of the sphere, away from every video: the
+    query is `normalize(content + s * (cos(a) * tau + sin(a) * g))` with `tau` the shared
+    text direction (`text_direction`), `g` a fresh random direction per query (what the
+    text says that the clip does not show, and the reverse), both orthogonal to the
+    content, `sin(a)^2 = noise_share`, and `s` set so that the median cosine of a query to
+    its nearest row is `top1` (0.22: the modality gap of contrastive video-text models).
+    """
+    rng = np.random.default_rng([spec.seed, seed, text.seed, 3])
+    clusters = rng.choice(len(data.centres), n, p=data.weights)
+    content = np.stack(
+        [
+            _draw(data.centres[c], data.bases[c], 1, spec, rng, data.spread[c], iso=False)[0]
+            for c in clusters
+        ]
+    )
+    content = _normalize(content.astype(np.float32))
+    tau = np.broadcast_to(text_direction(spec, text), content.shape)
+    g = rng.standard_normal(content.shape, dtype=np.float32)
+    a = np.arcsin(np.sqrt(text.noise_share))
+    offset = np.cos(a) * _orthogonal_unit(tau, content) + np.sin(a) * _orthogonal_unit(g, content)
+    offset = _normalize(offset)
+    pilot = slice(0, min(n, 64))
+
+    def top1(scale: float) -> float:
+        q = _normalize(content[pilot] + scale * offset[pilot])
+        best = exact_topk(data.vectors, q, 1)[:, 0]
+        return float(np.median(np.einsum("qd,qd->q", q, data.vectors[best])))
+
+    lo, hi = 0.0, 64.0
+    for _ in range(14):  # top1(scale) falls as the offset grows
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if top1(mid) > text.top1 else (lo, mid)
+    return _normalize(content + hi * offset), clusters
 
 
 def describe(data: Synthetic, queries: np.ndarray, clusters: np.ndarray, truth: np.ndarray) -> str:
