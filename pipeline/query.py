@@ -3,7 +3,11 @@
 :class:`CatalogSearch` embeds the query with the pipeline's own model and decode path
 (`ModelSpec.build` through :class:`~pipeline.embed.EmbedStage`, :class:`IsolatedDecoder`),
 then runs one cosine k-NN query through :func:`pipeline.index.vector_search`, so an ANN
-index is used when one exists and a small table is scanned exactly. `where` is LanceDB SQL
+index is used when one exists and a small table is scanned exactly. Each kind of query
+(`text`, `video`, `similar`) searches with the parameters the index build calibrated for
+it on this table (:mod:`pipeline.recall`), or the presets of a table without calibration;
+`recall=` trades recall for speed, and `last_search` tells what a search used and the
+recall to expect from it. `where` is LanceDB SQL
 applied before the search (prefilter). Text queries can be re-ranked with the matching head
 (:mod:`pipeline.rerank`).
 
@@ -18,6 +22,7 @@ The command line is `vidcat query` (`jobs/query.py`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -31,12 +36,20 @@ import pyarrow.compute as pc
 from lancedb.expr import col
 
 from . import schema
-from .compat import sql_string
+from .compat import sql_string, tune_vector_query
 from .db import DatabaseNotFound, StoreError, TableSchemaError, open_table
 from .decode import DecodeConfig, IsolatedDecoder
 from .filters import Filter, FilterError, filterable_columns, to_sql
-from .index import SCORE, IndexConfig, config_for_table, fts_columns, vector_search
+from .index import (
+    SCORE,
+    IndexConfig,
+    config_for_table,
+    fts_columns,
+    has_vector_index,
+    vector_search,
+)
 from .models import ModelSpec, tokenizer_for
+from .recall import EXACT, Calibration, Choice, Params, choose, read_calibration, resolve_recall
 from .rerank import CANDIDATE_COLUMNS, RERANK_SCORE, RerankConfig, Reranker
 from .runs import RunFiles
 from .schema import RESULT_COLUMNS, Status
@@ -57,6 +70,12 @@ MAX_K = 10_000
 MODES = ("vector", "hybrid")
 #: Score column of hybrid results besides `score` (their fused rank score).
 COSINE = "cosine"
+#: Filtered searches leaving at most this many rows scan them exactly (`exact_below`).
+EXACT_BELOW_ROWS = 10_000
+#: Filters whose matching row counts a searcher remembers.
+_FILTER_COUNTS = 256
+#: Result schema metadata key: what the search used (`Choice.as_dict()`, JSON).
+SEARCH_METADATA_KEY = b"vidcat:search"
 
 
 class QueryError(ValueError):
@@ -121,6 +140,16 @@ def check_where(where: str | None) -> str | None:
     return where
 
 
+def _check_recall(recall: Any) -> float | str | None:
+    """`recall` unchanged when valid (None, a number in (0, 1], a preset name); else
+    QueryError."""
+    try:
+        resolve_recall(recall, 0.95)
+    except ValueError as exc:
+        raise QueryError(f"{exc}, got {recall!r}") from None
+    return recall
+
+
 def _unit(vector: np.ndarray) -> np.ndarray | None:
     norm = float(np.linalg.norm(vector))
     return (vector / norm).astype(np.float32) if norm > 1e-6 else None
@@ -141,11 +170,24 @@ class CatalogSearch:
             dir); None: those of the latest pipeline run (`RunFiles.latest_decode_settings`),
             else the defaults.
         device: `auto`, `cpu` or `cuda` for a :class:`ModelSpec`.
-        index: ANN search parameters; None: the tuned preset of the index type the table
-            has (`IndexConfig.preset`), looked up again when the table's version changes.
-        index_recheck: how often, at most, to read the table's version to notice an index
-            rebuilt as another type (each check is a metadata read: ~0.3 ms on local disk,
-            a request on S3); until then searches keep the previous type's parameters.
+        index: ANN search parameters pinned for every query kind (no calibration is read);
+            None: the parameters the table's index build calibrated for each kind of query
+            (`pipeline.recall`), or, without a calibration, the tuned preset of the index
+            type the table has (`IndexConfig.preset`); looked up again when the table's
+            version changes.
+        recall: default recall for every search: None the calibrated target; a number in
+            (0, 1] or `fast` (0.8), `balanced` (the target), `exact` (an exact scan): the
+            fastest calibrated parameters expected to reach it. Each query method takes
+            `recall=` too.
+        exact_below: a filtered search whose `where` leaves at most this many rows scans
+            them exactly (recall 1) instead of probing the index: at ~1.5 µs a row (an
+            exact scan of 80k filtered rows of 1M took ~120 ms, benchmarks/README.md) it
+            costs about what the index does, and an index probing a few partitions for a
+            rare filter's rows is where recall falls; 0 turns it off. The count is one
+            `count_rows(where)` per new filter (cached per table version).
+        index_recheck: how often, at most, to read the table's version to notice a rebuilt
+            or recalibrated index (each check is a metadata read: ~0.3 ms on local disk, a
+            request on S3); until then searches keep the previous parameters.
         rerank_tokens: vision-token source for re-ranking: `auto`, `stored`, `recompute`.
         rerank_decoders: decoder processes re-decoding candidates in parallel when tokens
             are recomputed (default: `RerankConfig`'s, up to 4).
@@ -165,6 +207,8 @@ class CatalogSearch:
         device: str = "auto",
         *,
         index: IndexConfig | None = None,
+        recall: float | str | None = None,
+        exact_below: int = EXACT_BELOW_ROWS,
         rerank_tokens: str = "auto",
         rerank_decoders: int | None = None,
         read_consistency_interval: timedelta = timedelta(0),
@@ -175,6 +219,12 @@ class CatalogSearch:
         self.query_max_duration_s = query_max_duration_s
         self.model, self.device = model, device
         self._index_arg, self._index_for = index, None
+        self.recall = _check_recall(recall)
+        self.exact_below = _check_k("exact_below", exact_below, low=0)
+        self._filter_rows: dict[tuple[int, str], int] = {}
+        #: What the latest search used (`pipeline.recall.Choice`): kind, parameters,
+        #: expected recall and where they came from; None before the first search.
+        self.last_search: Choice | None = None
         self._index_recheck_s, self._index_checked = index_recheck.total_seconds(), -math.inf
         try:
             self._rerank_config = RerankConfig(tokens=rerank_tokens)
@@ -209,6 +259,7 @@ class CatalogSearch:
         *,
         offset: int = 0,
         mode: str = "vector",
+        recall: float | str | None = None,
     ) -> pa.Table:
         """Clips matching a text, best first.
 
@@ -225,12 +276,15 @@ class CatalogSearch:
             offset: rows to skip (the next page starts at `offset + k`).
             mode: `vector` (cosine similarity of the embeddings) or `hybrid` (fused with a
                 full-text search of the text columns `vidcat index` indexed; `score` is
-                then the fused reciprocal-rank score and `cosine` the similarity).
+                then the fused reciprocal-rank score and `cosine` the similarity); the
+                vector half searches with the text kind's calibrated parameters too.
+            recall: this search's recall (see the class); default the searcher's.
         """
         if not isinstance(query, str) or not query.strip():
             raise QueryError("the query text is empty")
         k, offset = _check_page(k, offset)
         rerank_k = _check_k("rerank_k", rerank_k)
+        recall = _check_recall(recall)
         if mode not in MODES:
             raise QueryError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if rerank and self.model is None:
@@ -240,13 +294,15 @@ class CatalogSearch:
             vector, hidden, mask = self._encode_text(query)
         n = max(k + offset, rerank_k) if rerank else k + offset
         if mode == "hybrid":
-            rows = self._hybrid(query, vector, n, where)
+            rows = self._hybrid(query, vector, n, where, recall)
         else:
-            rows = self._search(vector, n, where)
+            rows = self._search(vector, n, where, "text", recall)
         if rerank:
+            used = rows.schema.metadata
             rows = self.reranker.rerank(
                 rows, hidden, mask, k + offset, self._get_tokens_table(), self.rerank_tokens
             )
+            rows = rows.replace_schema_metadata(used)
         return self._present(rows.slice(offset, k))
 
     def embed_text(self, query: str) -> np.ndarray:
@@ -256,7 +312,13 @@ class CatalogSearch:
         return self._encode_text(query)[0]
 
     def similar(
-        self, video_id: str, k: int = 10, where: str | None = None, *, offset: int = 0
+        self,
+        video_id: str,
+        k: int = 10,
+        where: str | None = None,
+        *,
+        offset: int = 0,
+        recall: float | str | None = None,
     ) -> pa.Table:
         """Clips of other videos like a catalog video, best first.
 
@@ -267,52 +329,77 @@ class CatalogSearch:
         if not isinstance(video_id, str) or not video_id:
             raise QueryError("video_id is empty")
         k, offset = _check_page(k, offset)
+        recall = _check_recall(recall)
         emb = self._embeddings(col(schema.VIDEO_ID) == video_id)
         if emb is None:
             raise QueryError(f"unknown video_id {video_id!r} in table {self._shown}")
         vector = _unit(emb.mean(axis=0))
         if vector is None:  # clips pointing in opposite directions: fall back to the first
             vector = emb[0]
-        rows = self._search(vector, k + offset, where, exclude=video_id, checked=False)
+        rows = self._search(
+            vector, k + offset, where, "similar", recall, exclude=video_id, checked=False
+        )
         return self._present(rows.slice(offset, k))
 
     def similar_clip(
-        self, clip_id: str, k: int = 10, where: str | None = None, *, offset: int = 0
+        self,
+        clip_id: str,
+        k: int = 10,
+        where: str | None = None,
+        *,
+        offset: int = 0,
+        recall: float | str | None = None,
     ) -> pa.Table:
         """Clips of other videos like one catalog clip ("more like this"), best first.
 
         The query is the clip's own embedding; the clips of its video are excluded, as in
-        :meth:`similar`.
+        :meth:`similar`, and it searches with the `similar` kind's parameters (a catalog
+        vector, like the mean of a video's clips).
         """
         if not isinstance(clip_id, str) or not clip_id:
             raise QueryError("clip_id is empty")
         k, offset = _check_page(k, offset)
+        recall = _check_recall(recall)
         row = self.clip(clip_id, columns=[schema.VIDEO_ID, schema.EMBEDDING])
         if row is None:
             raise QueryError(f"unknown clip_id {clip_id!r} in table {self._shown}")
         vector = np.asarray(row[schema.EMBEDDING], np.float32)
-        rows = self._search(vector, k + offset, where, exclude=row[schema.VIDEO_ID], checked=False)
+        video = row[schema.VIDEO_ID]
+        rows = self._search(vector, k + offset, where, "similar", recall, video, checked=False)
         return self._present(rows.slice(offset, k))
 
     def video(
-        self, path_or_uri: str, k: int = 10, where: str | None = None, *, offset: int = 0
+        self,
+        path_or_uri: str,
+        k: int = 10,
+        where: str | None = None,
+        *,
+        offset: int = 0,
+        recall: float | str | None = None,
     ) -> pa.Table:
         """Clips like a query video (local path, `file://` or `s3://` URI), best first.
 
         The video goes through the pipeline's decode (isolated decoder, same frames, size
         and clip windows) and model; a multi-clip video is the mean of its clip embeddings.
         """
-        return self._search_media(path_or_uri, k, where, offset, still=False)
+        return self._search_media(path_or_uri, k, where, offset, recall, still=False)
 
     def image(
-        self, path_or_uri: str, k: int = 10, where: str | None = None, *, offset: int = 0
+        self,
+        path_or_uri: str,
+        k: int = 10,
+        where: str | None = None,
+        *,
+        offset: int = 0,
+        recall: float | str | None = None,
     ) -> pa.Table:
         """Clips like a still image (PNG, JPEG, WebP or BMP; path or URI), best first.
 
         The image is decoded by the isolated decoder at the table's frame size and embedded
-        through the model's image path (one frame, the image position embedding).
+        through the model's image path (one frame, the image position embedding). It
+        searches with the `video` kind's parameters (a visual query, like a clip's).
         """
-        return self._search_media(path_or_uri, k, where, offset, still=True)
+        return self._search_media(path_or_uri, k, where, offset, recall, still=True)
 
     def embed_media(self, path_or_uri: str, still: bool = False) -> np.ndarray:
         """The unit-norm `[512]` query embedding of a video (mean of its clips) or of a
@@ -346,10 +433,16 @@ class CatalogSearch:
         where: str | None = None,
         *,
         offset: int = 0,
+        kind: str = "video",
+        recall: float | str | None = None,
     ) -> pa.Table:
-        """Clips nearest a query embedding (from :meth:`embed_text` or :meth:`embed_media`)."""
+        """Clips nearest a query embedding (from :meth:`embed_text` or :meth:`embed_media`),
+        searched with the parameters calibrated for `kind` (`text` for a text embedding,
+        `video` for a video's or an image's, `similar` for a catalog row's)."""
         k, offset = _check_page(k, offset)
-        return self._present(self._search(vector, k + offset, where).slice(offset, k))
+        recall = _check_recall(recall)
+        rows = self._search(vector, k + offset, where, kind, recall)
+        return self._present(rows.slice(offset, k))
 
     # ---- the catalog --------------------------------------------------------------------
     def clip(self, clip_id: str, columns: list[str] | None = None) -> dict[str, Any] | None:
@@ -421,16 +514,82 @@ class CatalogSearch:
 
     @property
     def index(self) -> IndexConfig:
-        """Search parameters in use: `index=` if given, else those of the table's index."""
-        if self._index_arg is not None:
-            return self._index_arg
+        """Index settings in use: `index=` if given, else the presets of the table's index
+        (the search parameters of a kind come from `search_choice`)."""
+        return self._table_index()[0]
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The table's search calibration (None: none, or `index=` pinned)."""
+        return self._table_index()[1]
+
+    def search_choice(
+        self, kind: str, recall: float | str | None = None, where: str | None = None
+    ) -> Choice:
+        """The parameters a search of `kind` (`text`, `video`, `similar`) would use with
+        `recall` (default the searcher's) and the filter `where`, and the recall to expect.
+
+        Besides the calibration (`pipeline.recall.choose`): a table without a vector index
+        is scanned exactly (LanceDB does so whatever it is asked), and so is a filter that
+        leaves at most `exact_below` rows."""
+        recall = _check_recall(recall)
+        recall = self.recall if recall is None else recall
+        config, calibration, indexed = self._table_index()
+        if not indexed:
+            resolve_recall(recall, None)  # still refuse a bad value
+            return Choice(kind, EXACT, 1.0, "no index")
+        if where and self.exact_below:
+            rows = self._rows_matching(where)
+            if rows <= self.exact_below:
+                return Choice(kind, EXACT, 1.0, f"filter leaves {rows} rows")
+        if self._index_arg is None:
+            try:
+                return choose(calibration, config, kind, recall)
+            except ValueError as exc:
+                raise QueryError(str(exc)) from None
+        pinned = self._index_arg
+        wanted = resolve_recall(recall, None)
+        if wanted is not None and wanted >= 1.0:
+            return Choice(kind, EXACT, 1.0, "override")
+        if wanted is not None:
+            raise QueryError(
+                "recall= needs the table's calibration, and index= pins the parameters: "
+                "pass one of them (or recall='exact')"
+            )
+        return Choice(kind, Params(pinned.nprobes, pinned.ef, pinned.refine_factor), None, "pinned")
+
+    def _rows_matching(self, where: str) -> int:
+        """Rows of the table passing `where` (remembered per table version)."""
+        self._table_index()
+        key = (self._index_for[0], where)
+        if key not in self._filter_rows:
+            try:
+                count = self.table.count_rows(where)
+            except ValueError as exc:
+                raise QueryError(f"invalid where clause {where!r}: {exc}") from None
+            if len(self._filter_rows) >= _FILTER_COUNTS:
+                self._filter_rows.clear()
+            self._filter_rows[key] = count
+        return self._filter_rows[key]
+
+    def _table_index(self) -> tuple[IndexConfig, Calibration | None, bool]:
+        """(index settings, calibration, has a vector index) of the table, re-read when its
+        version changes (at most every `index_recheck`)."""
         now = time.monotonic()
         if self._index_for is None or now - self._index_checked >= self._index_recheck_s:
             self._index_checked = now
             version = self.table.version
             if self._index_for is None or self._index_for[0] != version:
-                self._index_for = (version, config_for_table(self.table))
-        return self._index_for[1]
+                found = (
+                    config_for_table(self.table),
+                    read_calibration(self.table),
+                    has_vector_index(self.table),
+                )
+                self._index_for = (version, found)
+        config, calibration, indexed = self._index_for[1]
+        if self._index_arg is not None:
+            return self._index_arg, None, indexed
+        return config, calibration, indexed
 
     @property
     def decode(self) -> DecodeConfig:
@@ -472,6 +631,8 @@ class CatalogSearch:
         vector: np.ndarray,
         n: int,
         where: str | None,
+        kind: str,
+        recall: float | str | None,
         exclude: str | None = None,
         checked: bool = True,
     ) -> pa.Table:
@@ -485,8 +646,12 @@ class CatalogSearch:
             sql = f"({where}) AND {other}" if where else other
         extra = (schema.MODEL, *CANDIDATE_COLUMNS)
         columns = list(dict.fromkeys([*RESULT_COLUMNS, *extra, *self._metadata_columns()]))
+        choice = self.search_choice(kind, recall, where=where)  # not the exclusion
+        config = choice.params.apply(self.index)
         try:
-            rows = vector_search(self.table, vector, n, sql, self.index, columns=columns)
+            rows = vector_search(
+                self.table, vector, n, sql, config, exact=choice.params.exact, columns=columns
+            )
         except ValueError as exc:
             if where is None:
                 raise
@@ -496,7 +661,15 @@ class CatalogSearch:
             rows = rows.filter(pa.array(keep))
         if checked and self._encoder is not None and self._encoder.identity is not None:
             self._check_model(rows)
-        return rows
+        return self._used(rows, choice)
+
+    def _used(self, rows: pa.Table, choice: Choice) -> pa.Table:
+        """`rows` with `choice` in their schema metadata (what `_present` publishes: a
+        server shares one searcher between threads, so the result carries its own), and
+        `last_search` set."""
+        self.last_search = choice
+        search = json.dumps(choice.as_dict()).encode()
+        return rows.replace_schema_metadata({SEARCH_METADATA_KEY: search})
 
     def _check_model(self, rows: pa.Table) -> None:
         """Refuse to mix embedding spaces: rows must come from this searcher's model."""
@@ -508,6 +681,8 @@ class CatalogSearch:
             )
 
     def _present(self, rows: pa.Table) -> pa.Table:
+        """The result columns in order, openable URIs, and what the search used in the
+        schema metadata (`vidcat:search`: kind, parameters, expected recall, source)."""
         names = [*RESULT_COLUMNS, SCORE, *self._metadata_columns()]
         names += [c for c in (COSINE, RERANK_SCORE) if c in rows.column_names]
         rows = rows.select([n for n in names if n in rows.column_names])
@@ -516,7 +691,8 @@ class CatalogSearch:
             rows = rows.set_column(
                 rows.column_names.index(schema.URI), schema.URI, pa.array(uris, pa.string())
             )
-        return rows
+        search = (rows.schema.metadata or {}).get(SEARCH_METADATA_KEY)
+        return rows.replace_schema_metadata({SEARCH_METADATA_KEY: search} if search else None)
 
     def openable_uri(self, uri: str) -> str:
         """A table row's `uri` as one that opens as given: a path relative to the manifest
@@ -622,14 +798,30 @@ class CatalogSearch:
         return emb.reshape(len(clips), schema.EMBED_DIM)
 
     def _search_media(
-        self, path_or_uri: str, k: int, where: str | None, offset: int, still: bool
+        self,
+        path_or_uri: str,
+        k: int,
+        where: str | None,
+        offset: int,
+        recall: float | str | None,
+        still: bool,
     ) -> pa.Table:
         k, offset = _check_page(k, offset)
+        recall = _check_recall(recall)
         vector = self.embed_media(path_or_uri, still=still)
-        return self._present(self._search(vector, k + offset, where).slice(offset, k))
+        rows = self._search(vector, k + offset, where, "video", recall)
+        return self._present(rows.slice(offset, k))
 
-    def _hybrid(self, query: str, vector: np.ndarray, n: int, where: str | None) -> pa.Table:
-        """Vector search fused with full-text search (reciprocal rank fusion, LanceDB's)."""
+    def _hybrid(
+        self,
+        query: str,
+        vector: np.ndarray,
+        n: int,
+        where: str | None,
+        recall: float | str | None,
+    ) -> pa.Table:
+        """Vector search fused with full-text search (reciprocal rank fusion, LanceDB's);
+        the vector half searches with the text kind's parameters, as `text` does."""
         from lancedb.rerankers import RRFReranker
 
         check_where(where)
@@ -654,6 +846,12 @@ class CatalogSearch:
         )
         if where:
             builder = builder.where(where, prefilter=True)
+        choice = self.search_choice("text", recall, where=where)
+        if choice.params.exact:
+            builder = builder.bypass_vector_index()
+        else:
+            config = choice.params.apply(self.index)
+            builder = tune_vector_query(builder, n, config.nprobes, config.ef, config.refine_factor)
         try:
             rows = builder.to_arrow()
         except ValueError as exc:
@@ -665,4 +863,4 @@ class CatalogSearch:
         rows = rows.append_column(COSINE, cosine)
         if self._encoder is not None and self._encoder.identity is not None:
             self._check_model(rows)
-        return rows
+        return self._used(rows, choice)
