@@ -82,6 +82,10 @@ class CalibrationConfig:
 
     Attributes:
         target: recall@k every query kind must reach (0.95: 9.5 of the true 10 nearest).
+        margin: standard errors of the measured recall (over its queries) kept above
+            `target`: parameters reach the target when their mean recall less `margin`
+            standard errors does (1.3: about 9 in 10 calibrations are at or above the
+            target on the whole query distribution).
         k: the k of recall@k (and of the searches timed).
         queries: queries per kind for the parameter search.
         validation_queries: fresh queries per kind on which the chosen parameters are
@@ -104,6 +108,7 @@ class CalibrationConfig:
     """
 
     target: float = 0.95
+    margin: float = 1.3
     k: int = 10
     queries: int = 64
     validation_queries: int = 200
@@ -120,6 +125,8 @@ class CalibrationConfig:
     def __post_init__(self) -> None:
         if not 0 < self.target <= 1:
             raise ValueError("target must be in (0, 1]")
+        if self.margin < 0:
+            raise ValueError("margin must be >= 0")
         if self.k < 1 or self.queries < 1 or self.validation_queries < 1:
             raise ValueError("k, queries and validation_queries must be >= 1")
         for name in ("text_video_cosine", "video_cosine"):

@@ -323,6 +323,15 @@ class Measurement:
     def p50_ms(self) -> float:
         return float(np.median(self.seconds) * 1000)
 
+    def lower(self, sigmas: float) -> float:
+        """The mean recall less `sigmas` standard errors of it (over the queries)."""
+        n = len(self.per_query)
+        spread = float(np.std(self.per_query, ddof=1)) if n > 1 else 0.0
+        return self.recall - sigmas * spread / math.sqrt(max(1, n))
+
+    def reaches(self, target: float, sigmas: float) -> bool:
+        return self.lower(sigmas) >= target
+
     @property
     def p95_ms(self) -> float:
         return float(np.percentile(self.seconds, 95) * 1000)
@@ -576,7 +585,7 @@ def _candidates(
     probes: list[int],
     beams: list[int | None],
     refines: list[int | None],
-    target: float,
+    target: tuple[float, float],
     k: int,
     deadline: float,
 ) -> list[tuple[Params, Measurement]]:
@@ -593,13 +602,13 @@ def _candidates(
         widest = fits[-1]
         cap = probes.index(found[-1][0].nprobes) + 1 if found else len(probes)
         p = _fewest(
-            probes[:cap], lambda n, ef=ef, r=widest: search(kind, Params(n, ef, r)).recall >= target
+            probes[:cap], lambda n, ef=ef, r=widest: search(kind, Params(n, ef, r)).reaches(*target)
         )
         if p is None:
             continue
         nprobes = probes[p]
         r = _fewest(
-            fits, lambda r, ef=ef, n=nprobes: search(kind, Params(n, ef, r)).recall >= target
+            fits, lambda r, ef=ef, n=nprobes: search(kind, Params(n, ef, r)).reaches(*target)
         )
         params = Params(nprobes, ef, fits[r])
         if found and nprobes == found[-1][0].nprobes:
@@ -656,16 +665,17 @@ def calibrate(
     chosen: dict[str, dict[str, Any]] = {}
     report: dict[str, Any] = {}
     for kind in KINDS:
-        found = _candidates(search, kind, probes, beams, refines, cal.target, cal.k, deadline)
+        goal = (cal.target, cal.margin)
+        found = _candidates(search, kind, probes, beams, refines, goal, cal.k, deadline)
         found.sort(key=lambda c: c[1].p50_ms)
         finalists = [p for p, _ in found[:_FINALISTS]]
         if not finalists:  # nothing tried reaches the target: the best recall steps up
             tried = [(m.recall, p) for (kd, p), m in search.points.items() if kd == kind]
             finalists = [max(tried, key=lambda t: t[0])[1]]
-        winner, measured = _validate(table, config, valid_sets[kind], finalists, probes, cal)
-        baseline = measure(table, config, [preset], valid_sets[kind], cal.k)[0]
-        reached = measured.recall >= cal.target
-        if not reached and cal.allow_exact:
+        winner, measured, baseline = _validate(
+            table, config, valid_sets[kind], finalists, preset, probes, cal
+        )
+        if not measured.reaches(cal.target, cal.margin) and cal.allow_exact:
             logger.warning(
                 "calibration: no tried %s parameters reach recall %.2f for %s queries "
                 "(best %s: %.3f): exact scan",
@@ -678,12 +688,13 @@ def calibrate(
             "params": winner.as_dict(),
             "recall": measured.recall,
             "p50_ms": measured.p50_ms,
-            "reached": measured.recall >= cal.target,
+            "reached": measured.reaches(cal.target, cal.margin),
         }
         top1 = valid_sets[kind].top1
         report[kind] = {
             "params": winner.as_dict(),
             f"recall@{cal.k}": round(measured.recall, 4),
+            "recall_lower_bound": round(measured.lower(cal.margin), 4),
             "p50_ms": round(measured.p50_ms, 2),
             "p95_ms": round(measured.p95_ms, 2),
             "queries": len(measured.seconds),
@@ -733,24 +744,28 @@ def _validate(
     config: IndexConfig,
     queries: QuerySet,
     finalists: list[Params],
+    preset: Params,
     probes: list[int],
     cal: CalibrationConfig,
-) -> tuple[Params, Measurement]:
-    """The fastest finalist that reaches the target on fresh queries (timed in turns);
-    when none does, the best one with more probes, up to `_STEP_UPS` steps."""
-    results = measure(table, config, finalists, queries, cal.k)
-    passing = [(m.p50_ms, i) for i, m in enumerate(results) if m.recall >= cal.target]
+) -> tuple[Params, Measurement, Measurement]:
+    """The fastest finalist (or the presets) that reaches the target on fresh queries, all
+    timed in turns; when none does, the best one with more probes, up to `_STEP_UPS` steps.
+    Returns the winner, its measurement and the presets' measurement."""
+    tried = list(dict.fromkeys([*finalists, preset]))
+    results = measure(table, config, tried, queries, cal.k)
+    baseline = results[tried.index(preset)]
+    passing = [(m.p50_ms, i) for i, m in enumerate(results) if m.reaches(cal.target, cal.margin)]
     if passing:
         i = min(passing)[1]
-        return finalists[i], results[i]
+        return tried[i], results[i], baseline
     i = max(range(len(results)), key=lambda j: results[j].recall)
-    params, measured = finalists[i], results[i]
+    params, measured = tried[i], results[i]
     for _ in range(_STEP_UPS):
         higher = [p for p in probes if p > (params.nprobes or 0)]
         if not higher or params.exact:
             break
         params = dataclasses.replace(params, nprobes=higher[0])
         measured = measure(table, config, [params], queries, cal.k)[0]
-        if measured.recall >= cal.target:
+        if measured.reaches(cal.target, cal.margin):
             break
-    return params, measured
+    return params, measured, baseline

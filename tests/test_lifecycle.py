@@ -86,6 +86,10 @@ def test_maintain_builds_then_maintains_the_index_and_tags(tmp_path):
     assert second["index"]["action"] == "build"
     table = lancedb.connect(db).open_table("videos")
     assert has_vector_index(table)
+    # The build measured recall on the table and calibrated each query kind's search.
+    recall = second["index"]["recall"]
+    for kind in ("text", "video", "similar"):
+        assert recall[kind]["recall@10"] >= recall["target"]
 
     write(db, rows(range(300, 340), seed=2))
     third = maintain(db, "videos", config=config, now=T0 + timedelta(days=2))
