@@ -456,7 +456,17 @@ def update_index(table: lancedb.table.Table, config: IndexConfig = IndexConfig()
         return {"action": "retrain", **report}
     start = time.perf_counter()
     compact(table)
-    return {"action": "optimize", "rows": num_rows, "seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    return {"action": "optimize", "rows": num_rows, "seconds": seconds, "recall": _stored(table)}
+
+
+def _stored(table: lancedb.table.Table) -> dict[str, Any] | None:
+    """The recall the table's stored calibration promises (the rows folded in since are
+    searched with the same parameters); None without one."""
+    from pipeline.recall import read_calibration  # recall imports this module
+
+    calibration = read_calibration(table)
+    return calibration.summary() if calibration is not None else None
 
 
 def vector_query(

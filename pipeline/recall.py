@@ -438,6 +438,18 @@ class Calibration:
             return None
         return cls(**data)
 
+    def summary(self) -> dict[str, Any]:
+        """The recall this calibration promises, per kind, as a report shows it (`stored`:
+        measured by an earlier build, on `rows` rows)."""
+        out: dict[str, Any] = {"target": self.target, "k": self.k, "rows": self.rows}
+        for kind, entry in self.chosen.items():
+            out[kind] = {
+                "params": entry["params"],
+                f"recall@{self.k}": round(entry["recall"], 4),
+                "p50_ms": round(entry["p50_ms"], 2),
+            }
+        return {**out, "stored": True}
+
     def choice(self, kind: str) -> Choice:
         entry = self.chosen[kind]
         return Choice(
