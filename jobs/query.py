@@ -120,7 +120,7 @@ def _combine(where: str | None, filters: str | None) -> str | None:
     return where or filters
 
 
-def _recall_arg(text: str | None) -> float | str | None:
+def recall_arg(text: str | None) -> float | str | None:
     """`--recall` as a number when it is one; names (and mistakes) go to the searcher."""
     if text is None:
         return None
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         search = CatalogSearch(
             args.db,
             args.table,
-            recall=_recall_arg(args.recall),
+            recall=recall_arg(args.recall),
             model=model,
             tokenizer=args.tokenizer,
             storage_options=options,

@@ -49,7 +49,16 @@ from .index import (
     vector_search,
 )
 from .models import ModelSpec, tokenizer_for
-from .recall import EXACT, Calibration, Choice, Params, choose, read_calibration, resolve_recall
+from .recall import (
+    EXACT,
+    KINDS,
+    Calibration,
+    Choice,
+    Params,
+    choose,
+    read_calibration,
+    resolve_recall,
+)
 from .rerank import CANDIDATE_COLUMNS, RERANK_SCORE, RerankConfig, Reranker
 from .runs import RunFiles
 from .schema import RESULT_COLUMNS, Status
@@ -140,7 +149,7 @@ def check_where(where: str | None) -> str | None:
     return where
 
 
-def _check_recall(recall: Any) -> float | str | None:
+def check_recall(recall: Any) -> float | str | None:
     """`recall` unchanged when valid (None, a number in (0, 1], a preset name); else
     QueryError."""
     try:
@@ -219,7 +228,7 @@ class CatalogSearch:
         self.query_max_duration_s = query_max_duration_s
         self.model, self.device = model, device
         self._index_arg, self._index_for = index, None
-        self.recall = _check_recall(recall)
+        self.recall = check_recall(recall)
         self.exact_below = _check_k("exact_below", exact_below, low=0)
         self._filter_rows: dict[tuple[int, str], int] = {}
         #: What the latest search used (`pipeline.recall.Choice`): kind, parameters,
@@ -284,7 +293,7 @@ class CatalogSearch:
             raise QueryError("the query text is empty")
         k, offset = _check_page(k, offset)
         rerank_k = _check_k("rerank_k", rerank_k)
-        recall = _check_recall(recall)
+        recall = check_recall(recall)
         if mode not in MODES:
             raise QueryError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if rerank and self.model is None:
@@ -329,7 +338,7 @@ class CatalogSearch:
         if not isinstance(video_id, str) or not video_id:
             raise QueryError("video_id is empty")
         k, offset = _check_page(k, offset)
-        recall = _check_recall(recall)
+        recall = check_recall(recall)
         emb = self._embeddings(col(schema.VIDEO_ID) == video_id)
         if emb is None:
             raise QueryError(f"unknown video_id {video_id!r} in table {self._shown}")
@@ -359,7 +368,7 @@ class CatalogSearch:
         if not isinstance(clip_id, str) or not clip_id:
             raise QueryError("clip_id is empty")
         k, offset = _check_page(k, offset)
-        recall = _check_recall(recall)
+        recall = check_recall(recall)
         row = self.clip(clip_id, columns=[schema.VIDEO_ID, schema.EMBEDDING])
         if row is None:
             raise QueryError(f"unknown clip_id {clip_id!r} in table {self._shown}")
@@ -440,7 +449,7 @@ class CatalogSearch:
         searched with the parameters calibrated for `kind` (`text` for a text embedding,
         `video` for a video's or an image's, `similar` for a catalog row's)."""
         k, offset = _check_page(k, offset)
-        recall = _check_recall(recall)
+        recall = check_recall(recall)
         rows = self._search(vector, k + offset, where, kind, recall)
         return self._present(rows.slice(offset, k))
 
@@ -532,7 +541,9 @@ class CatalogSearch:
         Besides the calibration (`pipeline.recall.choose`): a table without a vector index
         is scanned exactly (LanceDB does so whatever it is asked), and so is a filter that
         leaves at most `exact_below` rows."""
-        recall = _check_recall(recall)
+        if kind not in KINDS:
+            raise QueryError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        recall = check_recall(recall)
         recall = self.recall if recall is None else recall
         config, calibration, indexed = self._table_index()
         if not indexed:
@@ -807,7 +818,7 @@ class CatalogSearch:
         still: bool,
     ) -> pa.Table:
         k, offset = _check_page(k, offset)
-        recall = _check_recall(recall)
+        recall = check_recall(recall)
         vector = self.embed_media(path_or_uri, still=still)
         rows = self._search(vector, k + offset, where, "video", recall)
         return self._present(rows.slice(offset, k))

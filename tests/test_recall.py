@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import UTC, datetime
 
 import lancedb
 import numpy as np
-import pyarrow as pa
 import pytest
+from synthetic import calibrated_catalog, clustered, rows
 
 from jobs import build_index as build_index_job
 from jobs import query as query_job
@@ -25,24 +24,7 @@ from pipeline.index import (
 )
 from pipeline.query import SEARCH_METADATA_KEY, CatalogSearch, QueryError
 from pipeline.recall import EXACT, Params, choose, read_calibration
-from pipeline.schema import (
-    CLIP_END_S,
-    CLIP_ID,
-    CLIP_INDEX,
-    CLIP_START_S,
-    CONTENT_VERSION,
-    DECODER,
-    EMBED_DIM,
-    EMBEDDED_AT,
-    EMBEDDING,
-    FRAME_INDICES,
-    MODEL,
-    NUM_FRAMES,
-    SIGNATURE,
-    URI,
-    VIDEO_ID,
-    embeddings_schema,
-)
+from pipeline.schema import CLIP_ID, VIDEO_ID
 
 #: A catalog on which the presets lose text recall: 20k rows around 40 overlapping
 #: clusters (each with a 16-d local subspace and isotropic noise), indexed as IVF_HNSW_SQ
@@ -51,51 +33,6 @@ ROWS = 20_000
 HNSW = IndexConfig(rows_per_partition=2048, m=12, ef_construction=80)
 #: Fewer queries than the default so a calibration takes seconds, not minutes.
 QUICK = CalibrationConfig(queries=32, validation_queries=96)
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
-def clustered(n: int, clusters: int = 40, seed: int = 0) -> np.ndarray:
-    """Unit vectors like a video catalog's (see benchmarks/query_latency.py's generator):
-    topic-leaning cluster centres, a low-dimensional spread around each, plus noise."""
-    rng = np.random.default_rng(seed)
-    topics = unit(rng.standard_normal((max(1, clusters // 10), EMBED_DIM)))
-    centres = unit(
-        0.85 * topics[rng.integers(0, len(topics), clusters)]
-        + 0.53 * unit(rng.standard_normal((clusters, EMBED_DIM)))
-    )
-    bases = rng.standard_normal((clusters, 16, EMBED_DIM)) / np.sqrt(EMBED_DIM)
-    label = rng.integers(0, clusters, n)
-    z = rng.standard_normal((n, 16)) / 4.0
-    local = np.einsum("nr,nrd->nd", z, bases[label])
-    noise = 0.7 * rng.standard_normal((n, EMBED_DIM)) / np.sqrt(EMBED_DIM)
-    return unit(centres[label] + local + noise)
-
-
-def rows(vectors: np.ndarray, first: int = 0) -> pa.Table:
-    """Rows of the real embeddings schema, 4 clips per video."""
-    n = len(vectors)
-    ids = np.arange(first, first + n)
-    video = [f"v{i // 4:06d}" for i in ids]
-    columns = {
-        CLIP_ID: [f"{v}#{i % 4:05d}" for v, i in zip(video, ids, strict=True)],
-        VIDEO_ID: video,
-        CLIP_INDEX: (ids % 4).astype(np.int32),
-        CLIP_START_S: (ids % 4) * 4.0,
-        CLIP_END_S: (ids % 4) * 4.0 + 4.0,
-        URI: [f"s3://test/{v}.mp4" for v in video],
-        EMBEDDING: pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), EMBED_DIM),
-        MODEL: ["tiny"] * n,
-        SIGNATURE: ["sig"] * n,
-        NUM_FRAMES: np.full(n, 4, np.int32),
-        FRAME_INDICES: [None] * n,
-        DECODER: ["decord"] * n,
-        CONTENT_VERSION: ["1"] * n,
-        EMBEDDED_AT: [datetime.now(UTC)] * n,
-    }
-    return pa.table(columns, schema=embeddings_schema())
 
 
 def fresh_queries(table, kind: str, count: int, seed: int) -> recall.QuerySet:
@@ -338,3 +275,68 @@ def test_calibration_config_is_validated():
     with pytest.raises(ValueError, match="text_video_cosine"):
         CalibrationConfig(text_video_cosine=1.5)
     assert IndexConfig(calibration=None).calibration is None
+
+
+def test_small_tables_and_rare_filters_are_scanned_exactly(catalog, tmp_path):
+    db, table, _ = catalog
+    vector = clustered(1, seed=12)[0]
+    search = CatalogSearch(db, exact_below=100)
+    few = f"{VIDEO_ID} < 'v000010'"  # 10 videos of 4 clips
+    hits = search.text("q", k=10, vector=vector, where=few)
+    assert search.last_search.params == EXACT and search.last_search.recall == 1.0
+    assert search.last_search.source == "filter leaves 40 rows"
+    truth = vector_search(table, vector, 10, few, exact=True)[CLIP_ID].to_pylist()
+    assert hits[CLIP_ID].to_pylist() == truth
+    search.text("q", k=10, vector=vector, where="clip_index < 3")  # 15000 rows
+    assert search.last_search.source == "calibrated"
+    off = CatalogSearch(db, exact_below=0)
+    off.similar("v000003", k=5, where=few)
+    assert off.last_search.source == "calibrated" and off.last_search.kind == "similar"
+    with pytest.raises(QueryError, match="exact_below"):
+        CatalogSearch(db, exact_below=-1)
+    # No vector index: LanceDB scans every row, and the searcher says so.
+    lancedb.connect(tmp_path / "small").create_table("videos", rows(clustered(300, seed=3)))
+    small = CatalogSearch(str(tmp_path / "small"))
+    assert len(small.text("q", k=3, vector=vector)) == 3
+    assert small.last_search == recall.Choice("text", EXACT, 1.0, "no index")
+    with pytest.raises(QueryError, match="recall"):
+        small.text("q", vector=vector, recall=3)
+
+
+def test_every_kind_of_search_uses_its_calibration(tmp_path, monkeypatch):
+    """Hybrid text search tunes its vector half like a text search; a catalog clip searches
+    as `similar`, a vector as the kind it is said to be; each result carries what it used."""
+    from pipeline import query as query_module
+
+    table = calibrated_catalog(tmp_path / "db")
+    search = CatalogSearch(str(tmp_path / "db"))
+    stored = read_calibration(table)
+    assert search.calibration == stored
+    tuned = []
+    real = query_module.tune_vector_query
+
+    def spy(builder, k, nprobes, ef, refine_factor):
+        tuned.append(Params(nprobes, ef, refine_factor))
+        return real(builder, k, nprobes, ef, refine_factor)
+
+    monkeypatch.setattr(query_module, "tune_vector_query", spy)
+    vector = clustered(1, seed=13)[0]
+    hybrid = search.text("red", k=5, vector=vector, mode="hybrid")
+    assert tuned == [stored.choice("text").params]
+    used = json.loads(hybrid.schema.metadata[SEARCH_METADATA_KEY])
+    assert used["kind"] == "text" and used["source"] == "calibrated"
+    assert "red" in hybrid["caption"][0].as_py()  # the full-text half still counts
+    search.text("red", k=5, vector=vector, mode="hybrid", recall="exact")
+    assert len(tuned) == 1 and search.last_search.params == EXACT  # the index bypassed
+    clip = table.search().limit(1).select([CLIP_ID, VIDEO_ID]).to_arrow().to_pylist()[0]
+    similar = search.similar_clip(clip[CLIP_ID], k=5)
+    assert search.last_search == stored.choice("similar")
+    assert clip[VIDEO_ID] not in similar[VIDEO_ID].to_pylist()
+    for kind in recall.KINDS:
+        found = search.search_vector(vector, k=5, kind=kind)
+        assert json.loads(found.schema.metadata[SEARCH_METADATA_KEY])["kind"] == kind
+        assert search.last_search == stored.choice(kind)
+    assert search.search_vector(vector, k=5).schema.metadata  # default kind: video
+    assert search.last_search.kind == "video"
+    with pytest.raises(QueryError, match="kind"):
+        search.search_vector(vector, k=5, kind="audio")
