@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -79,10 +80,15 @@ MAX_K = 10_000
 MODES = ("vector", "hybrid")
 #: Score column of hybrid results besides `score` (their fused rank score).
 COSINE = "cosine"
-#: Filtered searches leaving at most this many rows scan them exactly (`exact_below`).
-EXACT_BELOW_ROWS = 10_000
+#: Filtered searches leaving at most this many rows, on scalar-indexed columns only, scan
+#: them exactly (`exact_below`).
+EXACT_BELOW_ROWS = 5_000
+_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Filters whose matching row counts a searcher remembers.
 _FILTER_COUNTS = 256
+#: LanceDB index types that answer a filter without reading the column.
+_SCALAR_INDEX_TYPES = frozenset({"BTree", "Bitmap", "LabelList"})
 #: Result schema metadata key: what the search used (`Choice.as_dict()`, JSON).
 SEARCH_METADATA_KEY = b"vidcat:search"
 
@@ -188,12 +194,15 @@ class CatalogSearch:
             (0, 1] or `fast` (0.8), `balanced` (the target), `exact` (an exact scan): the
             fastest calibrated parameters expected to reach it. Each query method takes
             `recall=` too.
-        exact_below: a filtered search whose `where` leaves at most this many rows scans
-            them exactly (recall 1) instead of probing the index: at ~1.5 µs a row (an
-            exact scan of 80k filtered rows of 1M took ~120 ms, benchmarks/README.md) it
-            costs about what the index does, and an index probing a few partitions for a
-            rare filter's rows is where recall falls; 0 turns it off. The count is one
-            `count_rows(where)` per new filter (cached per table version).
+        exact_below: a filtered search whose `where` names only columns with a scalar
+            index (BTREE, BITMAP: `video_id`, `clip_id` and the configured bitmap columns)
+            and leaves at most this many rows scans them exactly (recall 1) instead of
+            probing the vector index. Measured at 1M rows (benchmarks/README.md): such a
+            scan costs 4-5 ms up to ~3k rows and ~20 ms at 8k, about what the index
+            costs, while the index found 0.75 of the true top 10 under an 805-row filter;
+            a filter on a column without a scalar index makes the exact scan read the
+            whole table (0.2-7 s), so it keeps the index. 0 turns it off. Counting is one
+            `count_rows(where)` per new filter and table version (~1 ms with the index).
         index_recheck: how often, at most, to read the table's version to notice a rebuilt
             or recalibrated index (each check is a metadata read: ~0.3 ms on local disk, a
             request on S3); until then searches keep the previous parameters.
@@ -231,6 +240,7 @@ class CatalogSearch:
         self.recall = check_recall(recall)
         self.exact_below = _check_k("exact_below", exact_below, low=0)
         self._filter_rows: dict[tuple[int, str], int] = {}
+        self._scalar_columns: tuple[set[str], set[str]] = (set(), set())
         #: What the latest search used (`pipeline.recall.Choice`): kind, parameters,
         #: expected recall and where they came from; None before the first search.
         self.last_search: Choice | None = None
@@ -539,8 +549,8 @@ class CatalogSearch:
         `recall` (default the searcher's) and the filter `where`, and the recall to expect.
 
         Besides the calibration (`pipeline.recall.choose`): a table without a vector index
-        is scanned exactly (LanceDB does so whatever it is asked), and so is a filter that
-        leaves at most `exact_below` rows."""
+        is scanned exactly (LanceDB does so whatever it is asked), and so is a filter on
+        scalar-indexed columns that leaves at most `exact_below` rows."""
         if kind not in KINDS:
             raise QueryError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
         recall = check_recall(recall)
@@ -549,7 +559,7 @@ class CatalogSearch:
         if not indexed:
             resolve_recall(recall, None)  # still refuse a bad value
             return Choice(kind, EXACT, 1.0, "no index")
-        if where and self.exact_below:
+        if where and self.exact_below and self._scalar_indexed(where):
             rows = self._rows_matching(where)
             if rows <= self.exact_below:
                 return Choice(kind, EXACT, 1.0, f"filter leaves {rows} rows")
@@ -568,6 +578,14 @@ class CatalogSearch:
                 "pass one of them (or recall='exact')"
             )
         return Choice(kind, Params(pinned.nprobes, pinned.ef, pinned.refine_factor), None, "pinned")
+
+    def _scalar_indexed(self, where: str) -> bool:
+        """Whether every table column `where` names has a scalar index (names inside
+        string literals do not count; a filter naming no column is not indexed)."""
+        self._table_index()
+        columns, indexed = self._scalar_columns
+        named = {n for n in _NAME.findall(_QUOTED.sub(" ", where)) if n in columns}
+        return bool(named) and named <= indexed
 
     def _rows_matching(self, where: str) -> int:
         """Rows of the table passing `where` (remembered per table version)."""
@@ -596,6 +614,12 @@ class CatalogSearch:
                     read_calibration(self.table),
                     has_vector_index(self.table),
                 )
+                scalar = {
+                    i.columns[0]
+                    for i in self.table.list_indices()
+                    if len(i.columns) == 1 and i.index_type in _SCALAR_INDEX_TYPES
+                }
+                self._scalar_columns = (set(self.table.schema.names), scalar)
                 self._index_for = (version, found)
         config, calibration, indexed = self._index_for[1]
         if self._index_arg is not None:
