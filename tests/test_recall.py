@@ -289,6 +289,14 @@ def test_small_tables_and_rare_filters_are_scanned_exactly(catalog, tmp_path):
     assert hits[CLIP_ID].to_pylist() == truth
     search.text("q", k=10, vector=vector, where="clip_index < 3")  # 15000 rows
     assert search.last_search.source == "calibrated"
+    # A column without a scalar index: an exact scan would read every row, so the index
+    # is kept however few rows pass (a name inside a string literal is not a column).
+    search.text("q", k=10, vector=vector, where=f"clip_index = 0 AND {few}")
+    assert search.last_search.source == "calibrated"
+    search.text("q", k=10, vector=vector, where=f"{few} AND uri != 'clip_index'")
+    assert search.last_search.source == "calibrated"  # uri has no scalar index either
+    search.text("q", k=10, vector=vector, where=f"{few} OR {VIDEO_ID} = 'clip_index'")
+    assert search.last_search.source == "filter leaves 40 rows"
     off = CatalogSearch(db, exact_below=0)
     off.similar("v000003", k=5, where=few)
     assert off.last_search.source == "calibrated" and off.last_search.kind == "similar"
@@ -340,3 +348,20 @@ def test_every_kind_of_search_uses_its_calibration(tmp_path, monkeypatch):
     assert search.last_search.kind == "video"
     with pytest.raises(QueryError, match="kind"):
         search.search_vector(vector, k=5, kind="audio")
+
+
+@pytest.mark.parametrize("preset_ms, winner", [(4.3, "preset"), (5.0, "fast")])
+def test_validation_prefers_recall_among_equally_fast_candidates(monkeypatch, preset_ms, winner):
+    """A candidate a few percent faster does not win over one with more recall: within 10 %
+    of the fastest passing p50, the highest recall wins; beyond it, speed does."""
+    fast, preset = Params(2, 50, 1), Params(2, 100, 2)
+    canned = {
+        fast: recall.Measurement(0.991, np.full(200, 0.991), np.full(200, 0.00409)),
+        preset: recall.Measurement(1.0, np.ones(200), np.full(200, preset_ms / 1000)),
+    }
+    monkeypatch.setattr(recall, "measure", lambda t, c, tried, q, k: [canned[p] for p in tried])
+    chosen, measured, baseline = recall._validate(
+        None, HNSW, None, [fast], preset, [1, 2, 4], QUICK
+    )
+    assert chosen == {"preset": preset, "fast": fast}[winner]
+    assert baseline is canned[preset] and measured is canned[chosen]
