@@ -533,7 +533,8 @@ def test_every_search_kind_uses_the_calibration_and_says_so(calibrated, served_c
     used(http.get("/api/search", params={"q": "a red thing", "k": 5}), "text")
     hybrid = http.get("/api/search", params={"q": "yellow", "k": 5, "mode": "hybrid"})
     used(hybrid, "text")
-    assert "yellow" in hybrid.json()["results"][0]["metadata"]["caption"]
+    # (reciprocal rank fusion ties a full-text-only row with a vector-only one)
+    assert any("yellow" in r["metadata"]["caption"] for r in hybrid.json()["results"])
     clip = table.search().select(["clip_id", "video_id"]).limit(1).to_arrow().to_pylist()[0]
     used(http.get("/api/similar", params={"clip_id": clip["clip_id"], "k": 5}), "similar")
     used(http.get("/api/similar", params={"video_id": clip["video_id"], "k": 5}), "similar")
