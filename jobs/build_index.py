@@ -1,14 +1,19 @@
-"""(Re)build the ANN index (cosine) and the scalar indices of the embeddings table.
+"""(Re)build the ANN index (cosine) and the scalar indices of the embeddings table, and
+calibrate its search parameters to a target recall.
 
 Nightly refreshes keep the index up to date by themselves (`pipeline.lifecycle`); this
 job forces a full rebuild, e.g. after changing `IndexConfig` or loading a big backfill.
 
     vidcat index --db s3://bucket/lancedb [--table videos] [--fts auto|none|COL,...]
+        [--target-recall 0.95] [--text-embeddings texts.npy] [--no-calibration]
 
 It also builds the full-text indices hybrid search uses (`--fts`, default: every text
 metadata column) and the key index of the thumbnails table.
 
-The index report (JSON) goes to stdout; errors to stderr (`error: …`, exit 2; exit 4 when
+The build measures recall@10 of text, video and similar queries drawn from the table
+against an exact scan and stores, per kind, the fastest search parameters that reach the
+target (`pipeline.recall`). The index report (JSON, with `recall` per kind) goes to stdout,
+a `recall:` line per kind to stderr; errors to stderr (`error: …`, exit 2; exit 4 when
 another writer holds the table's lease). The build holds the lease.
 """
 
@@ -17,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+import numpy as np
 
 from jobs.common import (
     UsageError,
@@ -32,6 +39,7 @@ from pipeline import schema
 from pipeline.db import DatabaseNotFound, StoreError, TableSchemaError, catalog_tables, open_table
 from pipeline.index import (
     INDEX_TYPES,
+    CalibrationConfig,
     IndexConfig,
     build_fts_indices,
     build_index,
@@ -68,18 +76,42 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         help="text columns to give a full-text index, for hybrid search: auto (every text "
         "metadata column), none, or a comma-separated list",
     )
+    p.add_argument(
+        "--target-recall",
+        type=float,
+        default=CalibrationConfig.target,
+        help="recall@10 each query kind's calibrated search parameters must reach",
+    )
+    p.add_argument(
+        "--text-embeddings",
+        default=None,
+        metavar="NPY",
+        help="a .npy file of text query embeddings [n, 512] (the table's model) to "
+        "calibrate text search with; default: synthetic text queries",
+    )
+    p.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="skip the recall measurement; searches use the index type's presets",
+    )
     add_s3_arguments(p)
     add_lease_arguments(p)
     args = p.parse_args(argv)
     setup_logging()
     try:
         s3 = s3_config(args)
-        config = IndexConfig.preset(args.index_type, min_rows_for_index=args.min_rows)
+        calibration = None
+        if not args.no_calibration:
+            calibration = CalibrationConfig(target=args.target_recall)
+        config = IndexConfig.preset(
+            args.index_type, min_rows_for_index=args.min_rows, calibration=calibration
+        )
+        texts = _text_embeddings(args.text_embeddings)
         table = open_table(args.db, args.table, s3.storage_options())
         owner = new_run_id("index")
         with Lease(args.db, args.table, owner, "index build", s3, lease_config(args)):
             replace = not args.keep_existing
-            report = build_index(table, config, replace=replace)
+            report = build_index(table, config, replace=replace, text_vectors=texts)
             fts = _fts_columns(args.fts, table)
             report["fts_indices"] = build_fts_indices(table, fts, replace=replace)
             thumbs = catalog_tables(args.db, args.table, s3.storage_options()).get(
@@ -92,6 +124,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return fail(exc)
     except LeaseHeld as exc:
         return lease_held(exc)
+    for line in recall_lines(report):
+        print(line, file=sys.stderr)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -105,6 +139,37 @@ def _fts_columns(value: str, table) -> list[str]:
     if not columns:
         raise UsageError("--fts takes auto, none or a comma-separated list of columns")
     return columns
+
+
+def recall_lines(report: dict) -> list[str]:
+    """`recall: <kind> …` lines for an index report (none without a calibration)."""
+    recall = report.get("recall")
+    if not recall:
+        return []
+    if "error" in recall:
+        return [f"recall: not measured ({recall['error']}); searches use the presets"]
+    k = recall.get("k", 10)
+    lines = []
+    for kind in ("text", "video", "similar"):
+        r = recall[kind]
+        params = ", ".join(f"{name} {value}" for name, value in r["params"].items())
+        lines.append(
+            f"recall: {kind:<7} recall@{k} {r[f'recall@{k}']:.3f} (presets "
+            f"{r[f'preset_recall@{k}']:.3f}) p50 {r['p50_ms']:.1f} ms with {params}"
+        )
+    return lines
+
+
+def _text_embeddings(path: str | None) -> np.ndarray | None:
+    if path is None:
+        return None
+    try:
+        texts = np.load(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read --text-embeddings {path}: {exc}") from None
+    if texts.ndim != 2 or texts.shape[1] != 512 or not np.isfinite(texts).all():
+        raise UsageError(f"--text-embeddings must hold finite [n, 512] vectors, got {texts.shape}")
+    return texts
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@
 notnull, see pipeline/filters.py) is checked against the table's columns and types;
 `--where` takes raw SQL. `--hybrid` fuses the text search with the full-text index.
 
-Results go to stdout (an aligned table, JSON or CSV); log lines and errors to stderr.
+Results go to stdout (an aligned table, JSON or CSV); log lines and errors to stderr, and
+one `search:` line there says which parameters the search used and the recall@10 to
+expect from them (`--recall 0.8|fast|balanced|exact` trades recall for speed).
 Exit codes: 0 results printed (possibly none); 2 the query cannot run as asked
 (`error: …`: no such database or table, bad filter, bad k, model or tokenizer missing).
 """
@@ -118,6 +120,16 @@ def _combine(where: str | None, filters: str | None) -> str | None:
     return where or filters
 
 
+def recall_arg(text: str | None) -> float | str | None:
+    """`--recall` as a number when it is one; names (and mistakes) go to the searcher."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
@@ -161,6 +173,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="1B weights: path, s3:// URI or hub id")
     p.add_argument("--tokenizer", default=None, help="vocab.txt or its directory, or hub id")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--recall",
+        default=None,
+        help="recall@10 to search for: a number in (0, 1] or fast (0.8), balanced (the "
+        "table's calibrated target, default), exact (a full scan); the fastest calibrated "
+        "parameters expected to reach it",
+    )
     add_s3_arguments(p)
     return p
 
@@ -186,6 +205,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         search = CatalogSearch(
             args.db,
             args.table,
+            recall=recall_arg(args.recall),
             model=model,
             tokenizer=args.tokenizer,
             storage_options=options,
@@ -212,6 +232,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     finally:
         if search is not None:
             search.close()
+    if search.last_search is not None:
+        print(f"search: {search.last_search.describe()}", file=sys.stderr)
     print(format_results(rows, args.format))
     return 0
 

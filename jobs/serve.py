@@ -21,7 +21,7 @@ import sys
 import uvicorn
 
 from jobs.common import UsageError, add_s3_arguments, fail, s3_config, setup_logging
-from jobs.query import model_spec
+from jobs.query import model_spec, recall_arg
 from pipeline.models import MODEL_NAMES
 from pipeline.query import CatalogSearch, QueryError
 from pipeline.serve import SearchService, ServeConfig
@@ -54,6 +54,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--lazy-model", action="store_true", help="load the model on the first query"
+    )
+    p.add_argument(
+        "--recall",
+        default=None,
+        help="recall@10 searches aim for when a request names none: a number in (0, 1] or "
+        "fast, balanced (the table's calibrated target, default), exact",
     )
     safety = p.add_argument_group("limits and access")
     safety.add_argument(
@@ -116,6 +122,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             search_workers=args.search_workers,
             request_timeout_s=args.timeout,
             preload_model=not args.lazy_model,
+            recall=recall_arg(args.recall),
         )
         service = SearchService(config)
     except (QueryError, UsageError, ValueError) as exc:

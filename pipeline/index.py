@@ -36,7 +36,7 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from lancedb.index import FTS, Bitmap, BTree, HnswSq, IvfFlat, IvfPq, IvfSq
+from lancedb.index import FTS, Bitmap, BTree, HnswSq, IvfFlat, IvfPq, IvfRq, IvfSq
 from lancedb.query import LanceVectorQueryBuilder
 
 from pipeline.compat import compact, tune_vector_query
@@ -60,13 +60,84 @@ SCORE = "score"
 VECTOR_INDEX_NAME = f"{EMBEDDING}_idx"
 #: Field-metadata key on the embedding column: rows the vector index was trained on.
 TRAINED_ROWS_KEY = "vidcat:index_trained_rows"
+#: Field-metadata key on the embedding column: the search calibration of the vector index
+#: (`pipeline.recall`; empty when the index has none).
+CALIBRATION_KEY = "vidcat:search_calibration"
 
-IndexType = Literal["IVF_HNSW_SQ", "IVF_PQ", "IVF_SQ", "IVF_FLAT"]
+IndexType = Literal["IVF_HNSW_SQ", "IVF_PQ", "IVF_SQ", "IVF_RQ", "IVF_FLAT"]
 INDEX_TYPES: tuple[str, ...] = IndexType.__args__
 #: `list_indices()` spellings of vector index types (any, not only those we build).
 _VECTOR_INDEX_TYPES = frozenset(
     {"IvfHnswSq", "IvfHnswPq", "IvfHnswFlat", "IvfPq", "IvfSq", "IvfFlat", "IvfRq"}
 )
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """How `build_index` measures recall and picks search parameters (`pipeline.recall`).
+
+    For each query kind (`text`, `video`, `similar`) the cheapest tried parameters whose
+    recall@k on queries drawn from the table itself reaches `target` are stored with the
+    table; searches of that kind use them (`pipeline.recall.choose`).
+
+    Attributes:
+        target: recall@k every query kind must reach (0.95: 9.5 of the true 10 nearest).
+        margin: standard errors of the measured recall (over its queries) kept above
+            `target`: parameters reach the target when their mean recall less `margin`
+            standard errors does (1.3: about 9 in 10 calibrations are at or above the
+            target on the whole query distribution).
+        k: the k of recall@k (and of the searches timed).
+        queries: queries per kind for the parameter search.
+        validation_queries: fresh queries per kind on which the chosen parameters are
+            measured again; their recall is the one reported and stored.
+        text_video_cosine: without text embeddings, synthetic text queries sit at this
+            cosine from the row they describe (the modality gap of contrastive video-text
+            models; 0.22 is the top-1 cosine measured for text queries in issue 13).
+        text_noise_share: share of a synthetic text query's offset that is its own random
+            direction; the rest is one direction shared by all text queries.
+        video_cosine: synthetic video queries are held-out rows moved to this cosine.
+        nprobes: probe counts tried (capped at the partition count, which is always tried).
+        ef: HNSW beam widths tried (IVF_HNSW_* only).
+        refine_factors: re-rank factors tried (quantized indices only).
+        max_seconds: after this long no further beam width is tried (the best parameters
+            found so far are kept).
+        allow_exact: a kind that no tried parameters bring to the target is searched
+            exactly (recall 1, the cost of a full scan); otherwise it gets the parameters
+            with the highest recall.
+        seed: sampling seed (calibrations of one table are repeatable).
+    """
+
+    target: float = 0.95
+    margin: float = 1.3
+    k: int = 10
+    queries: int = 64
+    validation_queries: int = 200
+    text_video_cosine: float = 0.22
+    text_noise_share: float = 0.3
+    video_cosine: float = 0.99
+    nprobes: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+    ef: tuple[int, ...] = (50, 100, 200, 400, 800)
+    refine_factors: tuple[int, ...] = (1, 2, 3, 5, 10, 20, 40)
+    max_seconds: float = 1800.0
+    allow_exact: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target <= 1:
+            raise ValueError("target must be in (0, 1]")
+        if self.margin < 0:
+            raise ValueError("margin must be >= 0")
+        if self.k < 1 or self.queries < 1 or self.validation_queries < 1:
+            raise ValueError("k, queries and validation_queries must be >= 1")
+        for name in ("text_video_cosine", "video_cosine"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1]")
+        if not 0 <= self.text_noise_share <= 1:
+            raise ValueError("text_noise_share must be in [0, 1]")
+        for name in ("nprobes", "ef", "refine_factors"):
+            values = getattr(self, name)
+            if not values or min(values) < 1 or list(values) != sorted(set(values)):
+                raise ValueError(f"{name} must be increasing positive integers")
 
 
 @dataclass(frozen=True)
@@ -110,6 +181,9 @@ class IndexConfig:
             rows the index was trained on.
         retrain_backlog: `update_index` retrains when unindexed rows exceed this
             fraction of indexed rows.
+        calibration: how a vector index build measures recall and calibrates the search
+            parameters per query kind; None: no measurement, searches use the preset
+            `nprobes`/`ef`/`refine_factor` above.
     """
 
     index_type: IndexType = "IVF_HNSW_SQ"
@@ -128,6 +202,7 @@ class IndexConfig:
     bitmap_columns: tuple[str, ...] = field(default=())
     retrain_growth: float = 2.0
     retrain_backlog: float = 0.5
+    calibration: CalibrationConfig | None = field(default_factory=CalibrationConfig)
 
     def __post_init__(self) -> None:
         if self.index_type not in INDEX_TYPES:
@@ -167,7 +242,7 @@ class IndexConfig:
         wanted = math.ceil(num_rows / self.rows_per_partition)
         return min(self.max_partitions, max(self.min_partitions, wanted))
 
-    def vector_index(self, num_rows: int) -> HnswSq | IvfPq | IvfSq | IvfFlat:
+    def vector_index(self, num_rows: int) -> HnswSq | IvfPq | IvfSq | IvfRq | IvfFlat:
         """The LanceDB index config object to build for `num_rows` rows."""
         common = {
             "distance_type": METRIC,
@@ -180,6 +255,8 @@ class IndexConfig:
             return IvfPq(**common, num_sub_vectors=self.num_sub_vectors)
         if self.index_type == "IVF_SQ":
             return IvfSq(**common)
+        if self.index_type == "IVF_RQ":
+            return IvfRq(**common, num_bits=1)
         return IvfFlat(**common)
 
 
@@ -192,6 +269,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # 8-dim PQ codes rank near-ties poorly: recall 0.6-0.7 without a 10x exact re-rank.
     "IVF_PQ": {"rows_per_partition": 1024, "nprobes": 20, "ef": None, "refine_factor": 10},
     "IVF_FLAT": {"rows_per_partition": 1024, "nprobes": 5, "ef": None, "refine_factor": None},
+    # RaBitQ, 1 bit per dimension (64 B per row): a cheap scan whose order needs a re-rank.
+    "IVF_RQ": {"rows_per_partition": 4096, "nprobes": 8, "ef": None, "refine_factor": 10},
 }
 
 
@@ -232,6 +311,7 @@ def _config_for_type(found: str | None, default: IndexConfig) -> IndexConfig:
         "bitmap_columns",
         "retrain_growth",
         "retrain_backlog",
+        "calibration",
     )
     return IndexConfig.preset(found, **{name: getattr(default, name) for name in keep})
 
@@ -245,21 +325,38 @@ def has_vector_index(table: lancedb.table.Table) -> bool:
 
 
 def build_index(
-    table: lancedb.table.Table, config: IndexConfig = IndexConfig(), *, replace: bool = True
+    table: lancedb.table.Table,
+    config: IndexConfig = IndexConfig(),
+    *,
+    replace: bool = True,
+    text_vectors: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Train the vector index (if the table is big enough) and build the scalar indices.
+    """Train the vector index (if the table is big enough), build the scalar indices, and
+    calibrate the search parameters of the new vector index (`pipeline.recall`).
 
     Args:
         table: the embeddings table.
-        config: index choice and parameters.
+        config: index choice and parameters; `config.calibration` None skips the
+            calibration (searches then use the presets).
         replace: rebuild indices that already exist; with False an existing index is kept.
+        text_vectors: text embeddings to calibrate text queries with (`[n, 512]`); None:
+            synthetic text queries.
 
     Returns:
         What was done: `rows`, `vector_index` (None when skipped, else `type`, `params`,
-        `seconds`) and `scalar_indices` (a list of `column`, `type`, `seconds`).
+        `seconds`), `scalar_indices` (a list of `column`, `type`, `seconds`) and `recall`
+        (None without a new vector index or calibration; else per query kind the chosen
+        parameters, their recall@k and latency on validation queries and the presets'
+        recall, see `pipeline.recall.calibrate`; `{"error": ...}` if it failed, in which
+        case searches use the presets).
     """
     num_rows = table.count_rows()
-    report: dict[str, Any] = {"rows": num_rows, "vector_index": None, "scalar_indices": []}
+    report: dict[str, Any] = {
+        "rows": num_rows,
+        "vector_index": None,
+        "scalar_indices": [],
+        "recall": None,
+    }
     existing = {idx.name for idx in table.list_indices()}
     if num_rows < config.min_rows_for_index:
         logger.info("%d rows < %d: no vector index", num_rows, config.min_rows_for_index)
@@ -267,8 +364,9 @@ def build_index(
         index = config.vector_index(num_rows)
         start = time.perf_counter()
         table.create_index(EMBEDDING, config=index, replace=True, name=VECTOR_INDEX_NAME)
+        # The old index's calibration goes with it, in the same commit.
         table.update_field_metadata(
-            {"path": EMBEDDING, "metadata": {TRAINED_ROWS_KEY: str(num_rows)}}
+            {"path": EMBEDDING, "metadata": {TRAINED_ROWS_KEY: str(num_rows), CALIBRATION_KEY: ""}}
         )
         report["vector_index"] = {
             "type": config.index_type,
@@ -291,7 +389,29 @@ def build_index(
                 "seconds": time.perf_counter() - start,
             }
         )
+    if report["vector_index"] is not None and config.calibration is not None:
+        report["recall"] = _calibrate(table, config, text_vectors)
     return report
+
+
+def _calibrate(
+    table: lancedb.table.Table, config: IndexConfig, text_vectors: np.ndarray | None
+) -> dict[str, Any]:
+    """Calibrate and store the search parameters; the report, or `{"error": ...}`."""
+    from pipeline.recall import calibrate, write_calibration  # recall imports this module
+
+    try:
+        calibration, report = calibrate(table, config, text_vectors=text_vectors)
+        write_calibration(table, calibration)
+    except Exception as exc:  # the index is usable with the presets: report, do not fail
+        logger.exception("search calibration failed: searches use the presets")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return report
+
+
+def trained_rows(table: lancedb.table.Table) -> int | None:
+    """Rows the table's vector index was trained on (None: not recorded)."""
+    return _trained_rows(table)
 
 
 def _trained_rows(table: lancedb.table.Table) -> int | None:
@@ -336,7 +456,17 @@ def update_index(table: lancedb.table.Table, config: IndexConfig = IndexConfig()
         return {"action": "retrain", **report}
     start = time.perf_counter()
     compact(table)
-    return {"action": "optimize", "rows": num_rows, "seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    return {"action": "optimize", "rows": num_rows, "seconds": seconds, "recall": _stored(table)}
+
+
+def _stored(table: lancedb.table.Table) -> dict[str, Any] | None:
+    """The recall the table's stored calibration promises (the rows folded in since are
+    searched with the same parameters); None without one."""
+    from pipeline.recall import read_calibration  # recall imports this module
+
+    calibration = read_calibration(table)
+    return calibration.summary() if calibration is not None else None
 
 
 def vector_query(

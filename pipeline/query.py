@@ -3,7 +3,11 @@
 :class:`CatalogSearch` embeds the query with the pipeline's own model and decode path
 (`ModelSpec.build` through :class:`~pipeline.embed.EmbedStage`, :class:`IsolatedDecoder`),
 then runs one cosine k-NN query through :func:`pipeline.index.vector_search`, so an ANN
-index is used when one exists and a small table is scanned exactly. `where` is LanceDB SQL
+index is used when one exists and a small table is scanned exactly. Each kind of query
+(`text`, `video`, `similar`) searches with the parameters the index build calibrated for
+it on this table (:mod:`pipeline.recall`), or the presets of a table without calibration;
+`recall=` trades recall for speed, and `last_search` tells what a search used and the
+recall to expect from it. `where` is LanceDB SQL
 applied before the search (prefilter). Text queries can be re-ranked with the matching head
 (:mod:`pipeline.rerank`).
 
@@ -28,9 +32,11 @@ The command line is `vidcat query` (`jobs/query.py`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
+import re
 import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -41,13 +47,30 @@ import pyarrow.compute as pc
 from lancedb.expr import col
 
 from . import schema
-from .compat import sql_string
+from .compat import sql_string, tune_vector_query
 from .db import DatabaseNotFound, StoreError, TableSchemaError, open_table
 from .decode import DecodeConfig, IsolatedDecoder
 from .dedup import collapse_groups
 from .filters import Filter, FilterError, filterable_columns, to_sql
-from .index import SCORE, IndexConfig, config_for_table, fts_columns, vector_search
+from .index import (
+    SCORE,
+    IndexConfig,
+    config_for_table,
+    fts_columns,
+    has_vector_index,
+    vector_search,
+)
 from .models import ModelSpec, tokenizer_for
+from .recall import (
+    EXACT,
+    KINDS,
+    Calibration,
+    Choice,
+    Params,
+    choose,
+    read_calibration,
+    resolve_recall,
+)
 from .rerank import CANDIDATE_COLUMNS, RERANK_SCORE, RerankConfig, Reranker
 from .runs import RunFiles
 from .schema import RESULT_COLUMNS, Status
@@ -70,6 +93,17 @@ MODES = ("vector", "hybrid")
 COSINE = "cosine"
 #: With `dedup=True`, candidates fetched per result wanted (then more while too few groups).
 DEDUP_CANDIDATES = 4
+#: Filtered searches leaving at most this many rows, on scalar-indexed columns only, scan
+#: them exactly (`exact_below`).
+EXACT_BELOW_ROWS = 5_000
+_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Filters whose matching row counts a searcher remembers.
+_FILTER_COUNTS = 256
+#: LanceDB index types that answer a filter without reading the column.
+_SCALAR_INDEX_TYPES = frozenset({"BTree", "Bitmap", "LabelList"})
+#: Result schema metadata key: what the search used (`Choice.as_dict()`, JSON).
+SEARCH_METADATA_KEY = b"vidcat:search"
 
 
 class QueryError(ValueError):
@@ -134,6 +168,16 @@ def check_where(where: str | None) -> str | None:
     return where
 
 
+def check_recall(recall: Any) -> float | str | None:
+    """`recall` unchanged when valid (None, a number in (0, 1], a preset name); else
+    QueryError."""
+    try:
+        resolve_recall(recall, 0.95)
+    except ValueError as exc:
+        raise QueryError(f"{exc}, got {recall!r}") from None
+    return recall
+
+
 def _unit(vector: np.ndarray) -> np.ndarray | None:
     norm = float(np.linalg.norm(vector))
     return (vector / norm).astype(np.float32) if norm > 1e-6 else None
@@ -154,11 +198,27 @@ class CatalogSearch:
             dir); None: those of the latest pipeline run (`RunFiles.latest_decode_settings`),
             else the defaults.
         device: `auto`, `cpu` or `cuda` for a :class:`ModelSpec`.
-        index: ANN search parameters; None: the tuned preset of the index type the table
-            has (`IndexConfig.preset`), looked up again when the table's version changes.
-        index_recheck: how often, at most, to read the table's version to notice an index
-            rebuilt as another type (each check is a metadata read: ~0.3 ms on local disk,
-            a request on S3); until then searches keep the previous type's parameters.
+        index: ANN search parameters pinned for every query kind (no calibration is read);
+            None: the parameters the table's index build calibrated for each kind of query
+            (`pipeline.recall`), or, without a calibration, the tuned preset of the index
+            type the table has (`IndexConfig.preset`); looked up again when the table's
+            version changes.
+        recall: default recall for every search: None the calibrated target; a number in
+            (0, 1] or `fast` (0.8), `balanced` (the target), `exact` (an exact scan): the
+            fastest calibrated parameters expected to reach it. Each query method takes
+            `recall=` too.
+        exact_below: a filtered search whose `where` names only columns with a scalar
+            index (BTREE, BITMAP: `video_id`, `clip_id` and the configured bitmap columns)
+            and leaves at most this many rows scans them exactly (recall 1) instead of
+            probing the vector index. Measured at 1M rows (benchmarks/README.md): such a
+            scan costs 4-5 ms up to ~3k rows and ~20 ms at 8k, about what the index
+            costs, while the index found 0.75 of the true top 10 under an 805-row filter;
+            a filter on a column without a scalar index makes the exact scan read the
+            whole table (0.2-7 s), so it keeps the index. 0 turns it off. Counting is one
+            `count_rows(where)` per new filter and table version (~1 ms with the index).
+        index_recheck: how often, at most, to read the table's version to notice a rebuilt
+            or recalibrated index (each check is a metadata read: ~0.3 ms on local disk, a
+            request on S3); until then searches keep the previous parameters.
         rerank_tokens: vision-token source for re-ranking: `auto`, `stored`, `recompute`.
         rerank_decoders: decoder processes re-decoding candidates in parallel when tokens
             are recomputed (default: `RerankConfig`'s, up to 4).
@@ -178,6 +238,8 @@ class CatalogSearch:
         device: str = "auto",
         *,
         index: IndexConfig | None = None,
+        recall: float | str | None = None,
+        exact_below: int = EXACT_BELOW_ROWS,
         rerank_tokens: str = "auto",
         rerank_decoders: int | None = None,
         read_consistency_interval: timedelta = timedelta(0),
@@ -188,6 +250,13 @@ class CatalogSearch:
         self.query_max_duration_s = query_max_duration_s
         self.model, self.device = model, device
         self._index_arg, self._index_for = index, None
+        self.recall = check_recall(recall)
+        self.exact_below = _check_k("exact_below", exact_below, low=0)
+        self._filter_rows: dict[tuple[int, str], int] = {}
+        self._scalar_columns: tuple[set[str], set[str]] = (set(), set())
+        #: What the latest search used (`pipeline.recall.Choice`): kind, parameters,
+        #: expected recall and where they came from; None before the first search.
+        self.last_search: Choice | None = None
         self._index_recheck_s, self._index_checked = index_recheck.total_seconds(), -math.inf
         try:
             self._rerank_config = RerankConfig(tokens=rerank_tokens)
@@ -225,6 +294,7 @@ class CatalogSearch:
         offset: int = 0,
         mode: str = "vector",
         dedup: bool = False,
+        recall: float | str | None = None,
     ) -> pa.Table:
         """Clips matching a text, best first.
 
@@ -241,15 +311,18 @@ class CatalogSearch:
             offset: rows to skip (the next page starts at `offset + k`).
             mode: `vector` (cosine similarity of the embeddings) or `hybrid` (fused with a
                 full-text search of the text columns `vidcat index` indexed; `score` is
-                then the fused reciprocal-rank score and `cosine` the similarity).
+                then the fused reciprocal-rank score and `cosine` the similarity); the
+                vector half searches with the text kind's calibrated parameters too.
             dedup: one row per near-duplicate group, with `group_size` (module docstring);
                 with `rerank`, `max(DEDUP_CANDIDATES * (k + offset), rerank_k)` candidates
                 are re-ranked, then collapsed.
+            recall: this search's recall (see the class); default the searcher's.
         """
         if not isinstance(query, str) or not query.strip():
             raise QueryError("the query text is empty")
         k, offset = _check_page(k, offset)
         rerank_k = _check_k("rerank_k", rerank_k)
+        recall = check_recall(recall)
         if mode not in MODES:
             raise QueryError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if rerank and self.model is None:
@@ -261,8 +334,8 @@ class CatalogSearch:
 
         def fetch(n: int) -> pa.Table:
             if mode == "hybrid":
-                return self._hybrid(query, vector, n, where)
-            return self._search(vector, n, where)
+                return self._hybrid(query, vector, n, where, recall)
+            return self._search(vector, n, where, "text", recall)
 
         if not rerank:
             return self._present(self._page(fetch, k, offset, groups))
@@ -270,10 +343,12 @@ class CatalogSearch:
         if groups is not None:
             wanted = min(DEDUP_CANDIDATES * wanted, MAX_K)
         rows = fetch(max(wanted, rerank_k))
+        used = rows.schema.metadata
         rows = self.reranker.rerank(
             rows, hidden, mask, max(len(rows), 1) if groups is not None else k + offset,
             self._get_tokens_table(), self.rerank_tokens,
         )  # fmt: skip
+        rows = rows.replace_schema_metadata(used)
         if groups is not None:
             rows = collapse_groups(rows, groups, k + offset)
         return self._present(rows.slice(offset, k))
@@ -292,6 +367,7 @@ class CatalogSearch:
         *,
         offset: int = 0,
         dedup: bool = False,
+        recall: float | str | None = None,
     ) -> pa.Table:
         """Clips of other videos like a catalog video, best first.
 
@@ -303,6 +379,7 @@ class CatalogSearch:
         if not isinstance(video_id, str) or not video_id:
             raise QueryError("video_id is empty")
         k, offset = _check_page(k, offset)
+        recall = check_recall(recall)
         emb = self._embeddings(col(schema.VIDEO_ID) == video_id)
         if emb is None:
             raise QueryError(f"unknown video_id {video_id!r} in table {self._shown}")
@@ -312,7 +389,9 @@ class CatalogSearch:
         groups = self.dedup_groups() if dedup else None
 
         def fetch(n: int) -> pa.Table:
-            return self._search(vector, n, where, exclude=video_id, checked=False)
+            return self._search(
+                vector, n, where, "similar", recall, exclude=video_id, checked=False
+            )
 
         return self._present(self._page(fetch, k, offset, groups))
 
@@ -324,23 +403,28 @@ class CatalogSearch:
         *,
         offset: int = 0,
         dedup: bool = False,
+        recall: float | str | None = None,
     ) -> pa.Table:
         """Clips of other videos like one catalog clip ("more like this"), best first.
 
         The query is the clip's own embedding; the clips of its video are excluded, as in
-        :meth:`similar`. With `dedup`, one row per near-duplicate group.
+        :meth:`similar`, and it searches with the `similar` kind's parameters (a catalog
+        vector, like the mean of a video's clips). With `dedup`, one row per near-duplicate
+        group.
         """
         if not isinstance(clip_id, str) or not clip_id:
             raise QueryError("clip_id is empty")
         k, offset = _check_page(k, offset)
+        recall = check_recall(recall)
         row = self.clip(clip_id, columns=[schema.VIDEO_ID, schema.EMBEDDING])
         if row is None:
             raise QueryError(f"unknown clip_id {clip_id!r} in table {self._shown}")
         vector = np.asarray(row[schema.EMBEDDING], np.float32)
         groups = self.dedup_groups() if dedup else None
+        video = row[schema.VIDEO_ID]
 
         def fetch(n: int) -> pa.Table:
-            return self._search(vector, n, where, exclude=row[schema.VIDEO_ID], checked=False)
+            return self._search(vector, n, where, "similar", recall, video, checked=False)
 
         return self._present(self._page(fetch, k, offset, groups))
 
@@ -352,6 +436,7 @@ class CatalogSearch:
         *,
         offset: int = 0,
         dedup: bool = False,
+        recall: float | str | None = None,
     ) -> pa.Table:
         """Clips like a query video (local path, `file://` or `s3://` URI), best first.
 
@@ -359,7 +444,7 @@ class CatalogSearch:
         and clip windows) and model; a multi-clip video is the mean of its clip embeddings.
         With `dedup`, one row per near-duplicate group (module docstring).
         """
-        return self._search_media(path_or_uri, k, where, offset, still=False, dedup=dedup)
+        return self._search_media(path_or_uri, k, where, offset, recall, still=False, dedup=dedup)
 
     def image(
         self,
@@ -369,14 +454,16 @@ class CatalogSearch:
         *,
         offset: int = 0,
         dedup: bool = False,
+        recall: float | str | None = None,
     ) -> pa.Table:
         """Clips like a still image (PNG, JPEG, WebP or BMP; path or URI), best first.
 
         The image is decoded by the isolated decoder at the table's frame size and embedded
-        through the model's image path (one frame, the image position embedding).
-        With `dedup`, one row per near-duplicate group.
+        through the model's image path (one frame, the image position embedding). It
+        searches with the `video` kind's parameters (a visual query, like a clip's). With
+        `dedup`, one row per near-duplicate group.
         """
-        return self._search_media(path_or_uri, k, where, offset, still=True, dedup=dedup)
+        return self._search_media(path_or_uri, k, where, offset, recall, still=True, dedup=dedup)
 
     def embed_media(self, path_or_uri: str, still: bool = False) -> np.ndarray:
         """The unit-norm `[512]` query embedding of a video (mean of its clips) or of a
@@ -411,13 +498,18 @@ class CatalogSearch:
         *,
         offset: int = 0,
         dedup: bool = False,
+        kind: str = "video",
+        recall: float | str | None = None,
     ) -> pa.Table:
-        """Clips nearest a query embedding (from :meth:`embed_text` or :meth:`embed_media`);
-        with `dedup`, one row per near-duplicate group."""
+        """Clips nearest a query embedding (from :meth:`embed_text` or :meth:`embed_media`),
+        searched with the parameters calibrated for `kind` (`text` for a text embedding,
+        `video` for a video's or an image's, `similar` for a catalog row's); with `dedup`,
+        one row per near-duplicate group."""
         k, offset = _check_page(k, offset)
+        recall = check_recall(recall)
         groups = self.dedup_groups() if dedup else None
         return self._present(
-            self._page(lambda n: self._search(vector, n, where), k, offset, groups)
+            self._page(lambda n: self._search(vector, n, where, kind, recall), k, offset, groups)
         )
 
     # ---- the catalog --------------------------------------------------------------------
@@ -490,16 +582,98 @@ class CatalogSearch:
 
     @property
     def index(self) -> IndexConfig:
-        """Search parameters in use: `index=` if given, else those of the table's index."""
-        if self._index_arg is not None:
-            return self._index_arg
+        """Index settings in use: `index=` if given, else the presets of the table's index
+        (the search parameters of a kind come from `search_choice`)."""
+        return self._table_index()[0]
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The table's search calibration (None: none, or `index=` pinned)."""
+        return self._table_index()[1]
+
+    def search_choice(
+        self, kind: str, recall: float | str | None = None, where: str | None = None
+    ) -> Choice:
+        """The parameters a search of `kind` (`text`, `video`, `similar`) would use with
+        `recall` (default the searcher's) and the filter `where`, and the recall to expect.
+
+        Besides the calibration (`pipeline.recall.choose`): a table without a vector index
+        is scanned exactly (LanceDB does so whatever it is asked), and so is a filter on
+        scalar-indexed columns that leaves at most `exact_below` rows."""
+        if kind not in KINDS:
+            raise QueryError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        recall = check_recall(recall)
+        recall = self.recall if recall is None else recall
+        config, calibration, indexed = self._table_index()
+        if not indexed:
+            resolve_recall(recall, None)  # still refuse a bad value
+            return Choice(kind, EXACT, 1.0, "no index")
+        if where and self.exact_below and self._scalar_indexed(where):
+            rows = self._rows_matching(where)
+            if rows <= self.exact_below:
+                return Choice(kind, EXACT, 1.0, f"filter leaves {rows} rows")
+        if self._index_arg is None:
+            try:
+                return choose(calibration, config, kind, recall)
+            except ValueError as exc:
+                raise QueryError(str(exc)) from None
+        pinned = self._index_arg
+        wanted = resolve_recall(recall, None)
+        if wanted is not None and wanted >= 1.0:
+            return Choice(kind, EXACT, 1.0, "override")
+        if wanted is not None:
+            raise QueryError(
+                "recall= needs the table's calibration, and index= pins the parameters: "
+                "pass one of them (or recall='exact')"
+            )
+        return Choice(kind, Params(pinned.nprobes, pinned.ef, pinned.refine_factor), None, "pinned")
+
+    def _scalar_indexed(self, where: str) -> bool:
+        """Whether every table column `where` names has a scalar index (names inside
+        string literals do not count; a filter naming no column is not indexed)."""
+        self._table_index()
+        columns, indexed = self._scalar_columns
+        named = {n for n in _NAME.findall(_QUOTED.sub(" ", where)) if n in columns}
+        return bool(named) and named <= indexed
+
+    def _rows_matching(self, where: str) -> int:
+        """Rows of the table passing `where` (remembered per table version)."""
+        self._table_index()
+        key = (self._index_for[0], where)
+        if key not in self._filter_rows:
+            try:
+                count = self.table.count_rows(where)
+            except ValueError as exc:
+                raise QueryError(f"invalid where clause {where!r}: {exc}") from None
+            if len(self._filter_rows) >= _FILTER_COUNTS:
+                self._filter_rows.clear()
+            self._filter_rows[key] = count
+        return self._filter_rows[key]
+
+    def _table_index(self) -> tuple[IndexConfig, Calibration | None, bool]:
+        """(index settings, calibration, has a vector index) of the table, re-read when its
+        version changes (at most every `index_recheck`)."""
         now = time.monotonic()
         if self._index_for is None or now - self._index_checked >= self._index_recheck_s:
             self._index_checked = now
             version = self.table.version
             if self._index_for is None or self._index_for[0] != version:
-                self._index_for = (version, config_for_table(self.table))
-        return self._index_for[1]
+                found = (
+                    config_for_table(self.table),
+                    read_calibration(self.table),
+                    has_vector_index(self.table),
+                )
+                scalar = {
+                    i.columns[0]
+                    for i in self.table.list_indices()
+                    if len(i.columns) == 1 and i.index_type in _SCALAR_INDEX_TYPES
+                }
+                self._scalar_columns = (set(self.table.schema.names), scalar)
+                self._index_for = (version, found)
+        config, calibration, indexed = self._index_for[1]
+        if self._index_arg is not None:
+            return self._index_arg, None, indexed
+        return config, calibration, indexed
 
     @property
     def decode(self) -> DecodeConfig:
@@ -541,6 +715,8 @@ class CatalogSearch:
         vector: np.ndarray,
         n: int,
         where: str | None,
+        kind: str,
+        recall: float | str | None,
         exclude: str | None = None,
         checked: bool = True,
     ) -> pa.Table:
@@ -554,8 +730,12 @@ class CatalogSearch:
             sql = f"({where}) AND {other}" if where else other
         extra = (schema.MODEL, schema.EMBEDDED_AT, *CANDIDATE_COLUMNS)
         columns = list(dict.fromkeys([*RESULT_COLUMNS, *extra, *self._metadata_columns()]))
+        choice = self.search_choice(kind, recall, where=where)  # not the exclusion
+        config = choice.params.apply(self.index)
         try:
-            rows = vector_search(self.table, vector, n, sql, self.index, columns=columns)
+            rows = vector_search(
+                self.table, vector, n, sql, config, exact=choice.params.exact, columns=columns
+            )
         except ValueError as exc:
             if where is None:
                 raise
@@ -565,7 +745,15 @@ class CatalogSearch:
             rows = rows.filter(pa.array(keep))
         if checked and self._encoder is not None and self._encoder.identity is not None:
             self._check_model(rows)
-        return rows
+        return self._used(rows, choice)
+
+    def _used(self, rows: pa.Table, choice: Choice) -> pa.Table:
+        """`rows` with `choice` in their schema metadata (what `_present` publishes: a
+        server shares one searcher between threads, so the result carries its own), and
+        `last_search` set."""
+        self.last_search = choice
+        search = json.dumps(choice.as_dict()).encode()
+        return rows.replace_schema_metadata({SEARCH_METADATA_KEY: search})
 
     def _page(self, fetch, k: int, offset: int, groups: pa.Table | None) -> pa.Table:
         """Rows `offset .. offset + k` of a search, `fetch(n)` giving its best n rows; with
@@ -611,6 +799,8 @@ class CatalogSearch:
             )
 
     def _present(self, rows: pa.Table) -> pa.Table:
+        """The result columns in order, openable URIs, and what the search used in the
+        schema metadata (`vidcat:search`: kind, parameters, expected recall, source)."""
         names = [*RESULT_COLUMNS, SCORE, *self._metadata_columns()]
         names += [c for c in (COSINE, RERANK_SCORE, schema.GROUP_SIZE) if c in rows.column_names]
         rows = rows.select([n for n in names if n in rows.column_names])
@@ -619,7 +809,8 @@ class CatalogSearch:
             rows = rows.set_column(
                 rows.column_names.index(schema.URI), schema.URI, pa.array(uris, pa.string())
             )
-        return rows
+        search = (rows.schema.metadata or {}).get(SEARCH_METADATA_KEY)
+        return rows.replace_schema_metadata({SEARCH_METADATA_KEY: search} if search else None)
 
     def openable_uri(self, uri: str) -> str:
         """A table row's `uri` as one that opens as given: a path relative to the manifest
@@ -730,18 +921,28 @@ class CatalogSearch:
         k: int,
         where: str | None,
         offset: int,
+        recall: float | str | None,
         still: bool,
         dedup: bool = False,
     ) -> pa.Table:
         k, offset = _check_page(k, offset)
+        recall = check_recall(recall)
         groups = self.dedup_groups() if dedup else None
         vector = self.embed_media(path_or_uri, still=still)
         return self._present(
-            self._page(lambda n: self._search(vector, n, where), k, offset, groups)
+            self._page(lambda n: self._search(vector, n, where, "video", recall), k, offset, groups)
         )
 
-    def _hybrid(self, query: str, vector: np.ndarray, n: int, where: str | None) -> pa.Table:
-        """Vector search fused with full-text search (reciprocal rank fusion, LanceDB's)."""
+    def _hybrid(
+        self,
+        query: str,
+        vector: np.ndarray,
+        n: int,
+        where: str | None,
+        recall: float | str | None,
+    ) -> pa.Table:
+        """Vector search fused with full-text search (reciprocal rank fusion, LanceDB's);
+        the vector half searches with the text kind's parameters, as `text` does."""
         from lancedb.rerankers import RRFReranker
 
         check_where(where)
@@ -766,6 +967,12 @@ class CatalogSearch:
         )
         if where:
             builder = builder.where(where, prefilter=True)
+        choice = self.search_choice("text", recall, where=where)
+        if choice.params.exact:
+            builder = builder.bypass_vector_index()
+        else:
+            config = choice.params.apply(self.index)
+            builder = tune_vector_query(builder, n, config.nprobes, config.ef, config.refine_factor)
         try:
             rows = builder.to_arrow()
         except ValueError as exc:
@@ -777,4 +984,4 @@ class CatalogSearch:
         rows = rows.append_column(COSINE, cosine)
         if self._encoder is not None and self._encoder.identity is not None:
             self._check_model(rows)
-        return rows
+        return self._used(rows, choice)

@@ -104,6 +104,14 @@ class RunReport:
         return (self.maintenance or {}).get("tag")
 
     @property
+    def recall(self) -> dict[str, Any] | None:
+        """Recall@k per query kind of the table's searches after maintenance: measured by
+        the index build or retrain it made, or the stored calibration it kept (`stored`)."""
+        index = (self.maintenance or {}).get("index") or {}
+        recall = index.get("recall")
+        return recall if recall and "error" not in recall else None
+
+    @property
     def exit_code(self) -> int:
         if any(part and "error" in part for part in (self.maintenance, self.dedup)):
             return EXIT_FAILED  # the data is committed; the upkeep after it failed
@@ -135,6 +143,7 @@ class RunReport:
             "maintenance": self.maintenance,
             "dedup": self.dedup,
             "tag": self.tag,
+            "recall": self.recall,
             "exit_code": self.exit_code,
         }
         if self.report_uri is not None:
@@ -154,6 +163,15 @@ class RunReport:
         if c.failed_by_status:
             failures = ", ".join(f"{k}={v}" for k, v in c.failed_by_status.items())
             lines.append(f"failures: {failures}")
+        if self.recall:
+            k = self.recall.get("k", 10)
+            kinds = ("text", "video", "similar")
+            shown = ", ".join(
+                f"{kind} {self.recall[kind][f'recall@{k}']:.3f}"
+                for kind in kinds
+                if kind in self.recall
+            )
+            lines.append(f"search recall@{k}: {shown}")
         lines.append(f"report: {self.report_uri or '-'}")
         return "\n".join(lines)
 

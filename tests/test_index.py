@@ -45,8 +45,10 @@ from pipeline.schema import (
 ROWS = 5000
 TABLE_SCHEMA = embeddings_schema((pa.field("category", pa.string()),))
 CLUSTERS = 20
-#: Tiny build parameters so a 5,000-row index trains in about a second.
+#: Tiny build parameters so a 5,000-row index trains in about a second; no search
+#: calibration (`tests/test_recall.py` covers it), these tests are about the index itself.
 TINY = IndexConfig(
+    calibration=None,
     index_type="IVF_SQ",
     min_rows_for_index=1000,
     rows_per_partition=2500,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
 from unittest import mock
@@ -16,6 +17,7 @@ from jobs import rollback as rollback_job
 from pipeline import lifecycle, schema
 from pipeline.index import IndexConfig, has_vector_index
 from pipeline.lifecycle import MaintenanceConfig, list_tags, maintain, rollback, tag_name
+from pipeline.runs import Counts, RunReport
 from pipeline.schema import Status
 from pipeline.sink import LanceSink, SinkConfig
 
@@ -86,12 +88,33 @@ def test_maintain_builds_then_maintains_the_index_and_tags(tmp_path):
     assert second["index"]["action"] == "build"
     table = lancedb.connect(db).open_table("videos")
     assert has_vector_index(table)
+    # The build measured recall on the table and calibrated each query kind's search.
+    recall = second["index"]["recall"]
+    for kind in ("text", "video", "similar"):
+        assert recall[kind]["recall@10"] >= recall["target"]
 
     write(db, rows(range(300, 340), seed=2))
     third = maintain(db, "videos", config=config, now=T0 + timedelta(days=2))
     assert third["index"]["action"] == "optimize"
     stats = lancedb.connect(db).open_table("videos").index_stats("embedding_idx")
     assert stats.num_unindexed_rows == 0 and stats.num_indexed_rows == 340
+    # Folding rows in keeps the calibration, and maintenance reports the recall it promises.
+    kept = third["index"]["recall"]
+    assert kept["stored"] is True and kept["rows"] == 300
+    for kind in ("text", "video", "similar"):
+        assert kept[kind]["recall@10"] == recall[kind]["recall@10"]
+        assert kept[kind]["params"] == recall[kind]["params"]
+    # The run report carries it (top-level `recall`) and its summary prints it.
+    report = RunReport(
+        run_id="r", mode="refresh", started_at=T0, finished_at=T0, manifest={}, table="videos",
+        model="m", signature="s", counts=Counts(), seconds={"wall": 1.0}, sink={},
+        table_version=1, maintenance=third, max_error_rate=0.1,
+    )  # fmt: skip
+    assert report.to_dict()["recall"] == kept
+    assert "search recall@10: text " in report.summary()
+    assert first["index"].get("recall") is None  # no index yet: exact scans, nothing to report
+    no_maintenance = dataclasses.replace(report, maintenance=None)
+    assert no_maintenance.to_dict()["recall"] is None
     assert list(list_tags(db, "videos")) == [tag_name(T0 + timedelta(days=d)) for d in range(3)]
 
 

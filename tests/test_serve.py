@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -19,12 +20,15 @@ import av
 import boto3
 import lancedb
 import media
+import numpy as np
 import pyarrow as pa
 import pytest
 from serving import QUERY, client
+from synthetic import calibrated_catalog
 
 from pipeline import schema
 from pipeline.query import CatalogSearch
+from pipeline.recall import KINDS, Params, read_calibration
 from pipeline.serve import SearchService, ServeConfig
 from pipeline.serve.app import create_app, serve_in_thread
 from pipeline.serve.media import parse_range, sniff
@@ -111,6 +115,10 @@ def test_text_search_pages_and_matches_the_library(api, served_catalog, clips):
     assert ids(page2) == expected[3:6]
     last = api.get("/api/search", params={"q": "a red circle", "k": 6, "offset": 6})
     assert len(ids(last)) == clips.num_rows - 6 and last.json()["next_offset"] is None
+    # A table this small has no vector index: every row is compared, and the answer says so.
+    assert body["search"] == {"kind": "text", "nprobes": None, "ef": None,
+                              "refine_factor": None, "exact": True, "expected_recall": 1.0,
+                              "source": "no index"}  # fmt: skip
 
 
 def test_structured_filters(api, clips):
@@ -528,6 +536,9 @@ def test_the_command_line(served_catalog, tmp_path):
     r = subprocess.run([*vidcat, "--db", served_catalog.db, "--host", "0.0.0.0"],
                        capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
     assert r.returncode == 2 and "needs a token" in r.stderr
+    r = subprocess.run([*vidcat, "--db", served_catalog.db, "--recall", "2", "--no-model"],
+                       capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "recall must be a number" in r.stderr
     with socket.socket() as taken:  # a port another process holds
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -555,3 +566,95 @@ def test_the_command_line(served_catalog, tmp_path):
         # uvicorn shuts down gracefully, then re-raises the signal it caught.
         assert proc.wait(30) in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in proc.stderr.read()
+
+
+# ---- calibrated search parameters and recall ---------------------------------------------
+@pytest.fixture(scope="module")
+def calibrated(served_catalog, clips, tmp_path_factory):
+    """A server over a table with a calibrated vector index (tests/synthetic.py), its rows
+    recorded as embedded by the served model: (the table, the client, the catalog)."""
+    identity = clips[schema.MODEL][0].as_py()
+    root = tmp_path_factory.mktemp("calibrated")
+    table = calibrated_catalog(root / "lancedb", model=identity)
+    catalog = dataclasses.replace(served_catalog, root=root, db=str(root / "lancedb"))
+    with serving(catalog) as http:
+        yield table, http, catalog
+
+
+def png_image(size: int = 64) -> bytes:
+    rgb = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    codec = av.CodecContext.create("png", "w")
+    codec.width, codec.height, codec.pix_fmt = size, size, "rgb24"
+    return b"".join(bytes(p) for p in codec.encode(frame))
+
+
+def test_every_search_kind_uses_the_calibration_and_says_so(calibrated, served_catalog, clips):
+    table, http, _ = calibrated
+    stored = read_calibration(table)
+
+    def used(response, kind: str) -> dict:
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["results"], kind
+        search, want = body["search"], stored.choice(kind)
+        assert (search["kind"], search["source"]) == (kind, "calibrated")
+        assert Params.from_dict(search) == want.params
+        assert search["expected_recall"] == pytest.approx(want.recall)
+        assert want.recall >= stored.target  # what the calibration promised
+        return search
+
+    used(http.get("/api/search", params={"q": "a red thing", "k": 5}), "text")
+    hybrid = http.get("/api/search", params={"q": "yellow", "k": 5, "mode": "hybrid"})
+    used(hybrid, "text")
+    # (reciprocal rank fusion ties a full-text-only row with a vector-only one)
+    assert any("yellow" in r["metadata"]["caption"] for r in hybrid.json()["results"])
+    clip = table.search().select(["clip_id", "video_id"]).limit(1).to_arrow().to_pylist()[0]
+    used(http.get("/api/similar", params={"clip_id": clip["clip_id"], "k": 5}), "similar")
+    used(http.get("/api/similar", params={"video_id": clip["video_id"], "k": 5}), "similar")
+    used(http.post("/api/search/image", content=png_image(), params={"k": 3}), "video")
+    video = (served_catalog.root / clips.to_pylist()[0]["uri"]).read_bytes()
+    used(http.post("/api/search/video", content=video, params={"k": 3}), "video")
+    # The table description says what each kind uses by default.
+    info = http.get("/api/table").json()["search"]
+    assert info["target_recall"] == stored.target and info["default_recall"] is None
+    for kind in KINDS:
+        assert Params.from_dict(info["kinds"][kind]) == stored.choice(kind).params
+
+
+def test_a_request_trades_recall_for_speed(calibrated, served_catalog):
+    table, http, catalog = calibrated
+    stored = read_calibration(table)
+    search = {"q": "a red thing", "k": 5}
+    exact = http.get("/api/search", params={**search, "recall": "exact"}).json()
+    assert exact["search"]["exact"] is True and exact["search"]["expected_recall"] == 1.0
+    assert exact["search"]["source"] == "override"
+    low = http.get("/api/search", params={**search, "recall": "0.5"}).json()["search"]
+    want = stored.cheapest("text", 0.5)
+    assert low["source"] == "override" and Params.from_dict(low) == want.params
+    assert low["expected_recall"] == pytest.approx(want.recall) and want.recall >= 0.5
+    clip = table.search().select(["clip_id"]).limit(1).to_arrow()["clip_id"][0].as_py()
+    fast = http.get("/api/similar", params={"clip_id": clip, "recall": "fast"}).json()["search"]
+    assert fast["kind"] == "similar" and fast["expected_recall"] >= 0.8
+    image = http.post("/api/search/image", content=png_image(), params={"recall": "exact"})
+    assert image.json()["search"]["exact"] is True
+    for bad in ("2", "0", "fastest", "nan"):
+        r = http.get("/api/search", params={**search, "recall": bad})
+        assert r.status_code == 400 and "recall must be" in r.json()["error"], (bad, r.text)
+    r = http.post("/api/search/image", content=png_image(), params={"recall": "nope"})
+    assert r.status_code == 400 and "recall must be" in r.json()["error"]
+    # A filter on an indexed key that few rows pass is scanned exactly (recall 1); one on a
+    # column without a scalar index keeps the vector index (an exact scan would read it all).
+    one = http.get("/api/search", params={**search, "filter": "video_id:eq:v000007"})
+    assert ids(one) and one.json()["search"]["source"] == "filter leaves 4 rows"
+    rare = http.get(
+        "/api/search", params={**search, "filter": "caption:eq:clip 7 of a yellow thing"}
+    )
+    assert ids(rare) and rare.json()["search"]["source"] == "calibrated"
+    # A server's default recall applies to requests that name none.
+    with serving(catalog, recall="exact", preload_model=False) as exacting:
+        r = exacting.get("/api/similar", params={"clip_id": clip, "k": 3}).json()
+        assert r["search"]["exact"] is True and r["search"]["source"] == "override"
+        assert exacting.get("/api/table").json()["search"]["default_recall"] == "exact"
+    with pytest.raises(ValueError, match="recall"):
+        ServeConfig(db=served_catalog.db, recall=1.5)

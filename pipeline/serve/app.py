@@ -10,9 +10,13 @@ Routes (the contract; see `docs/serve.md`):
 
     GET  /                                 the page (static files under /static)
     GET  /api/health                       liveness; 200 once ready, else 503
-    GET  /api/search?q=&k=&offset=&rerank=&mode=&filter=&where=&dedup=
-    GET  /api/similar?clip_id=|video_id=&k=&offset=&filter=&where=&dedup=
-    POST /api/search/video, /api/search/image   (the file as the request body; same query)
+    GET  /api/search?q=&k=&offset=&rerank=&mode=&filter=&where=&dedup=&recall=
+    GET  /api/similar?clip_id=|video_id=&k=&offset=&filter=&where=&dedup=&recall=
+    POST /api/search/video, /api/search/image   (the file as the request body; same
+                                           k, offset, filter, where, dedup, recall)
+
+Every search answers with `search`: the kind, the parameters it used, their expected
+recall@10 on this table (null: not measured) and where they came from (`pipeline.recall`).
     GET  /api/clips/{clip_id}/thumbnail    image/jpeg
     GET  /api/clips/{clip_id}/media        the clip's video (Range requests)
     GET  /api/table                        schema, counts, filters, indices, last run
@@ -40,7 +44,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import StreamingResponse
 
 from ..filters import FilterError
-from ..query import QueryError
+from ..query import QueryError, check_recall
 from .media import UploadRejected, content_type, parse_range, s3_body, stage_upload
 from .service import ModelUnavailable, NotFound, SearchService, is_loopback
 from .work import Overloaded, Timeout
@@ -78,10 +82,26 @@ class Result(BaseModel):
     media_url: str
 
 
+class SearchUsed(BaseModel):
+    kind: str = Field(description="text, video or similar: whose calibration was used")
+    nprobes: int | None = None
+    ef: int | None = None
+    refine_factor: int | None = None
+    exact: bool | None = Field(None, description="an exact scan (no index)")
+    expected_recall: float | None = Field(
+        description="recall@10 measured for these parameters on this table; null: unknown"
+    )
+    source: str = Field(
+        description="calibrated, override (the request's recall), preset (no calibration), "
+        "no index, or filter leaves N rows (scanned exactly)"
+    )
+
+
 class Results(BaseModel):
     results: list[Result]
     took_ms: float
     next_offset: int | None = Field(description="offset of the next page; null at the end")
+    search: SearchUsed | None = Field(None, description="what the search used")
 
 
 class Health(BaseModel):
@@ -213,6 +233,15 @@ def create_app(service: SearchService) -> FastAPI:
             "group_size); 400 when the catalog has no near-duplicates table (vidcat dedup)"
         ),
     ]
+    Recall = Annotated[
+        str | None,
+        Query(
+            max_length=16,
+            description="recall@10 to aim for: a number in (0, 1], fast (0.8), balanced (the "
+            "table's calibrated target, the default) or exact (a full scan); the fastest "
+            "calibrated parameters expected to reach it",
+        ),
+    ]
 
     @app.get("/api/health", response_model=Health)
     async def health() -> JSONResponse:
@@ -234,11 +263,12 @@ def create_app(service: SearchService) -> FastAPI:
         filter: Filters = [],  # noqa: B006 (FastAPI copies defaults)
         where: Where = None,
         dedup: Dedup = False,
+        recall: Recall = None,
     ) -> dict[str, Any]:
         start = time.perf_counter()
         sql = service.where(filter, where)
-        rows = await service.text(q, k, offset, sql, rerank, mode, dedup)
-        return _page(rows, k, offset, start)
+        rows, used = await service.text(q, k, offset, sql, rerank, mode, dedup, _recall(recall))
+        return _page(rows, k, offset, start, used)
 
     @app.get("/api/similar", response_model=Results)
     async def similar(
@@ -249,15 +279,21 @@ def create_app(service: SearchService) -> FastAPI:
         filter: Filters = [],  # noqa: B006
         where: Where = None,
         dedup: Dedup = False,
+        recall: Recall = None,
     ) -> dict[str, Any]:
         start = time.perf_counter()
         sql = service.where(filter, where)
-        rows = await service.similar(clip_id, video_id, k, offset, sql, dedup)
-        return _page(rows, k, offset, start)
+        rows, used = await service.similar(
+            clip_id, video_id, k, offset, sql, dedup, _recall(recall)
+        )
+        return _page(rows, k, offset, start, used)
 
-    async def upload(request: Request, kind: str, k: int, offset: int, filters, where, dedup):
+    async def upload(
+        request: Request, kind: str, k: int, offset: int, filters, where, dedup, recall
+    ):
         start = time.perf_counter()
         sql = service.where(filters, where)  # a bad filter is refused before the upload
+        recall = check_recall(_recall(recall))  # and so is a bad recall
         if dedup:  # and a dedup the catalog cannot do
             await service.check_dedup()
         length = request.headers.get("content-length")
@@ -269,10 +305,12 @@ def create_app(service: SearchService) -> FastAPI:
             service.upload_dir,
         )
         try:
-            rows = await service.media_query(staged.path, kind == "image", k, offset, sql, dedup)
+            rows, used = await service.media_query(
+                staged.path, kind == "image", k, offset, sql, dedup, recall
+            )
         finally:
             staged.close()
-        return _page(rows, k, offset, start)
+        return _page(rows, k, offset, start, used)
 
     upload_body = {
         "requestBody": {
@@ -291,10 +329,11 @@ def create_app(service: SearchService) -> FastAPI:
         filter: Filters = [],  # noqa: B006
         where: Where = None,
         dedup: Dedup = False,
+        recall: Recall = None,
     ) -> dict[str, Any]:
         """Clips like an uploaded video clip (MP4/MOV, WebM/MKV, AVI, MPEG; the body is the
         file; its content decides its type, and the isolated decoder decodes it)."""
-        return await upload(request, "video", k, offset, filter, where, dedup)
+        return await upload(request, "video", k, offset, filter, where, dedup, recall)
 
     @app.post("/api/search/image", response_model=Results, openapi_extra=upload_body)
     async def search_image(
@@ -304,10 +343,11 @@ def create_app(service: SearchService) -> FastAPI:
         filter: Filters = [],  # noqa: B006
         where: Where = None,
         dedup: Dedup = False,
+        recall: Recall = None,
     ) -> dict[str, Any]:
         """Clips like an uploaded still (PNG, JPEG, WebP, BMP; the body is the file),
         embedded through the model's one-frame image path."""
-        return await upload(request, "image", k, offset, filter, where, dedup)
+        return await upload(request, "image", k, offset, filter, where, dedup, recall)
 
     @app.get("/api/clips/{clip_id:path}/thumbnail", response_class=Response)
     async def thumbnail(clip_id: str) -> Response:
@@ -366,12 +406,26 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def _page(rows: list[dict[str, Any]], k: int, offset: int, start: float) -> dict[str, Any]:
+def _page(
+    rows: list[dict[str, Any]], k: int, offset: int, start: float, used: dict[str, Any] | None
+) -> dict[str, Any]:
     return {
         "results": rows,
         "took_ms": round((time.perf_counter() - start) * 1000, 2),
         "next_offset": offset + k if len(rows) == k and offset + 2 * k <= 10_000 else None,
+        "search": used,
     }
+
+
+def _recall(value: str | None) -> float | str | None:
+    """The `recall` parameter as a number when it is one; names (and mistakes, which the
+    searcher refuses with a 400) as given."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 @contextmanager

@@ -9,6 +9,7 @@ a few), a cache of text embeddings, the filter and SQL policy, and what a respon
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import shutil
@@ -25,7 +26,8 @@ from ..db import catalog_tables
 from ..filters import OPERATORS, Filter, operators_for
 from ..index import VECTOR_INDEX_NAME, has_vector_index, vector_index_type
 from ..models import ModelSpec
-from ..query import COSINE, CatalogSearch, QueryError
+from ..query import COSINE, SEARCH_METADATA_KEY, CatalogSearch, QueryError, check_recall
+from ..recall import KINDS
 from ..rerank import RERANK_SCORE
 from ..runs import RunFiles
 from ..storage import S3Config
@@ -82,6 +84,9 @@ class ServeConfig:
         max_k: most results per page.
         text_cache: text embeddings kept (LRU).
         preload_model: load the model at start (readiness waits for it).
+        recall: the recall searches aim for when a request names none (`CatalogSearch`'s
+            `recall`): None the table's calibrated target; a number in (0, 1], `fast`,
+            `balanced` or `exact`.
     """
 
     db: str
@@ -107,6 +112,7 @@ class ServeConfig:
     max_k: int = 200
     text_cache: int = 1024
     preload_model: bool = True
+    recall: float | str | None = None
 
     def __post_init__(self) -> None:
         if not is_loopback(self.host) and not self.token:
@@ -130,6 +136,10 @@ class ServeConfig:
             "max_k must be 1..1000": 1 <= self.max_k <= 1000,
         }
         failed = [msg for msg, ok in checks.items() if not ok]
+        try:
+            check_recall(self.recall)
+        except QueryError as exc:
+            failed.append(str(exc))
         if failed:
             raise ValueError("; ".join(failed))
 
@@ -171,6 +181,7 @@ class SearchService:
             storage_options=config.s3.storage_options(),
             device=config.device,
             query_max_duration_s=config.max_query_seconds,
+            recall=config.recall,
         )
         self.model_queue = WorkQueue(
             "model", config.model_workers, config.model_queue, self.metrics.queue_depth.set
@@ -229,8 +240,11 @@ class SearchService:
         rerank: bool = False,
         mode: str = "vector",
         dedup: bool = False,
-    ) -> list[dict[str, Any]]:
+        recall: float | str | None = None,
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """(result rows, what the search used: :meth:`used`)."""
         self._check_page(k, offset)
+        recall = check_recall(recall)
         timeout = self.config.request_timeout_s
         if dedup:
             await self.check_dedup()
@@ -238,18 +252,18 @@ class SearchService:
             with Stopwatch() as t:
                 rows = await self.model_queue.arun(
                     timeout, self._model_call, self.searcher.text, query, k, where, True,
-                    offset=offset, mode=mode, dedup=dedup,
+                    offset=offset, mode=mode, dedup=dedup, recall=recall,
                 )  # fmt: skip
             self.metrics.model_seconds.labels("rerank").observe(t.seconds)
-            return self.rows(rows)
+            return self.rows(rows), self.used(rows)
         vector = await self.text_vector(query)
         with Stopwatch() as t:
             rows = await self.search_queue.arun(
                 timeout, self.searcher.text, query, k, where, vector=vector, offset=offset,
-                mode=mode, dedup=dedup,
+                mode=mode, dedup=dedup, recall=recall,
             )  # fmt: skip
         self.metrics.search_seconds.labels(mode).observe(t.seconds)
-        return self.rows(rows)
+        return self.rows(rows), self.used(rows)
 
     async def text_vector(self, query: str) -> np.ndarray:
         """The text's embedding, from the cache or the model queue."""
@@ -276,12 +290,14 @@ class SearchService:
         offset: int = 0,
         where: str | None = None,
         dedup: bool = False,
-    ) -> list[dict[str, Any]]:
+        recall: float | str | None = None,
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         self._check_page(k, offset)
+        recall = check_recall(recall)
         if (clip_id is None) == (video_id is None):
             raise QueryError("give exactly one of clip_id and video_id")
         timeout = self.config.request_timeout_s
-        page = {"offset": offset, "dedup": dedup}
+        page = {"offset": offset, "dedup": dedup, "recall": recall}
         with Stopwatch() as t:
             if clip_id is not None:
                 call = self.searcher.similar_clip
@@ -290,7 +306,7 @@ class SearchService:
                 call = self.searcher.similar
                 rows = await self.search_queue.arun(timeout, call, video_id, k, where, **page)
         self.metrics.search_seconds.labels("similar").observe(t.seconds)
-        return self.rows(rows)
+        return self.rows(rows), self.used(rows)
 
     async def media_query(
         self,
@@ -300,10 +316,13 @@ class SearchService:
         offset: int = 0,
         where: str | None = None,
         dedup: bool = False,
-    ) -> list[dict[str, Any]]:
+        recall: float | str | None = None,
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         """Clips like an uploaded image or video (staged by the caller, who checked that
-        a dedup query can run: :meth:`check_dedup`)."""
+        a dedup query can run: :meth:`check_dedup`), searched with the `video` kind's
+        parameters."""
         self._check_page(k, offset)
+        recall = check_recall(recall)
         with Stopwatch() as t:
             vector = await self.model_queue.arun(
                 self.config.request_timeout_s,
@@ -322,9 +341,11 @@ class SearchService:
                 where,
                 offset=offset,
                 dedup=dedup,
+                kind="video",
+                recall=recall,
             )
         self.metrics.search_seconds.labels("vector").observe(t.seconds)
-        return self.rows(rows)
+        return self.rows(rows), self.used(rows)
 
     async def check_dedup(self) -> None:
         """QueryError (a 400) when the catalog has no near-duplicates table, before any
@@ -372,6 +393,13 @@ class SearchService:
             item["media_url"] = _clip_url(row[schema.CLIP_ID], "media")
             out.append(item)
         return out
+
+    @staticmethod
+    def used(table: pa.Table) -> dict[str, Any] | None:
+        """What a search used, from its result (`CatalogSearch`'s `vidcat:search`
+        metadata): kind, parameters, `expected_recall` (null: unknown) and `source`."""
+        raw = (table.schema.metadata or {}).get(SEARCH_METADATA_KEY)
+        return json.loads(raw) if raw else None
 
     def shown_uri(self, uri: str | None) -> str | None:
         """A row's URI as a response may show it: S3 URIs without credentials, local paths
@@ -448,6 +476,18 @@ class SearchService:
         """Schema, row counts, filterable columns, indices, the last run (no paths)."""
         return await self.search_queue.arun(self.config.request_timeout_s, self._table_info)
 
+    def _search_info(self) -> dict[str, Any]:
+        """What each kind of search uses by default, with the recall to expect, and the
+        table's calibration target (null: none stored)."""
+        searcher = self.searcher
+        calibration = searcher.calibration
+        return {
+            "target_recall": calibration.target if calibration else None,
+            "k": calibration.k if calibration else None,
+            "default_recall": self.config.recall,
+            "kinds": {kind: searcher.search_choice(kind).as_dict() for kind in KINDS},
+        }
+
     def _table_info(self) -> dict[str, Any]:
         searcher = self.searcher
         tables = catalog_tables(self.config.db, self.config.table, self.config.s3.storage_options())
@@ -488,6 +528,7 @@ class SearchService:
             ],
             "operators": list(OPERATORS),
             "fts_columns": searcher.fts_columns(),
+            "search": self._search_info(),
             "vector_index": vector,
             "model": self.model_state,
             "embedded_with": (searcher.embedded_with() or (None,))[0],

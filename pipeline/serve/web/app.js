@@ -195,7 +195,9 @@ async function run(p, { push = true, append = false } = {}) {
     const shown = $("results").children.length;
     const what = type === "similar" ? `more like ${p.get("clip_id") || p.get("video_id")}` : "";
     const dedup = p.get("dedup") === "true" ? " · near-duplicates hidden" : "";
-    status(`${shown} results ${what}${dedup} · ${body.took_ms.toFixed(0)} ms`);
+    const expected = body.search && body.search.expected_recall;
+    const recall = typeof expected === "number" ? ` · recall@10 ≈ ${expected.toFixed(2)}` : "";
+    status(`${shown} results ${what}${dedup} · ${body.took_ms.toFixed(0)} ms${recall}`);
     $("more").hidden = body.next_offset === null;
     state.offset = body.next_offset ?? state.offset;
   } catch (error) {
