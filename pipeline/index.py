@@ -145,12 +145,18 @@ class IndexConfig:
     """How the embeddings table is indexed and searched.
 
     Build parameters are functions of the row count `N` at build time; search parameters
-    are fixed. Defaults come from the 1M-row tuning in `benchmarks/query_latency_tuning.md`:
-    IVF_HNSW_SQ (an HNSW graph over 8-bit scalar-quantized vectors per ~16k-row partition),
-    2 probes, beam 100 and a 2x exact re-rank: recall@10 1.000 with and without an 8%
-    filter, p50 6.2 ms on 2 idle cores. IVF_SQ (`preset("IVF_SQ")`) builds 6x faster
-    (28 vs 161 s per 1M rows on 2 cores) at 8.2 ms and filtered recall 0.998; IVF_PQ needs
-    a 10x re-rank and the longest build; IVF_FLAT reads 4x more bytes per probed row.
+    are the starting point that each index build calibrates per query kind
+    (`pipeline.recall`). The default is IVF_SQ (8-bit scalar-quantized vectors in
+    ~4k-row partitions), 6 probes and a 2x exact re-rank: once calibrated it reached
+    recall@10 >= 0.95 for text-like and catalog-like queries on all three benchmark
+    catalogs at 1M rows (text 6.9 / 20.5 / 24.3 ms p50 on 2 cores), where IVF_HNSW_SQ
+    (~16k-row partitions, each one graph; the default until 2026-12) needed 29 / 119 /
+    173 ms for text, and it builds in 22-57 s instead of 195-684 s per 1M rows there
+    (`benchmarks/README.md`, the recall section).
+    On the catalog-like queries of its own tuning set IVF_HNSW_SQ is as good
+    (`preset("IVF_HNSW_SQ")`, `vidcat index --index-type IVF_HNSW_SQ`); IVF_PQ needs a 10x
+    re-rank and the longest build; IVF_RQ's 1-bit codes cannot rank near-ties; IVF_FLAT
+    reads 4x more bytes per probed row.
 
     Attributes:
         index_type: LanceDB vector index type.
@@ -186,8 +192,8 @@ class IndexConfig:
             `nprobes`/`ef`/`refine_factor` above.
     """
 
-    index_type: IndexType = "IVF_HNSW_SQ"
-    rows_per_partition: int = 16384
+    index_type: IndexType = "IVF_SQ"
+    rows_per_partition: int = 4096
     min_partitions: int = 1
     max_partitions: int = 16_384
     m: int = 20
@@ -195,8 +201,8 @@ class IndexConfig:
     num_sub_vectors: int = 64
     sample_rate: int = 256
     min_rows_for_index: int = 2000
-    nprobes: int = 2
-    ef: int | None = 100
+    nprobes: int = 6
+    ef: int | None = None
     refine_factor: int | None = 2
     btree_columns: tuple[str, ...] = (VIDEO_ID, CLIP_ID)
     bitmap_columns: tuple[str, ...] = field(default=())

@@ -15,9 +15,10 @@ Why our own ~100 lines of torch rather than a library (`benchmarks/dedup.py
   is a small part of a 1M-row pass, which the pair comparisons dominate, so the
   dependency would save a few seconds of minutes;
 * LanceDB's IVF centroids exist only once a vector index is built (2,000 rows) and are
-  sized for search (16k rows per partition with IVF_HNSW_SQ: 61 partitions at 1M rows).
-  The pair work grows with the cluster size: ~16x the 4.3e9 pairs compared with 1,000
-  clusters, some 45 minutes at the comparison rate measured there (an extrapolation).
+  sized for search (4k rows per partition with the default IVF_SQ, 245 partitions at 1M
+  rows; 16k and 61 with IVF_HNSW_SQ). The pair work grows with the cluster size: ~4x
+  (IVF_SQ) to ~16x (IVF_HNSW_SQ, some 45 minutes at the comparison rate measured there,
+  an extrapolation) the 4.3e9 pairs compared with 1,000 clusters.
 
 Training follows faiss's defaults in spirit: a random sample of at most
 `sample_per_cluster` points per centroid, random initial centroids drawn from it, a fixed

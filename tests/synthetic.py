@@ -78,7 +78,8 @@ def rows(vectors: np.ndarray, first: int = 0, model: str = "tiny") -> pa.Table:
 
 #: A vector index a small table can have (3 partitions of 1000 rows), with a calibration
 #: quick enough for a test.
-SMALL_INDEX = IndexConfig(
+SMALL_INDEX = IndexConfig.preset(
+    "IVF_HNSW_SQ",
     rows_per_partition=1000,
     m=12,
     ef_construction=80,

@@ -294,7 +294,7 @@ def test_vector_query_rejects_wrong_shape(table):
 
 
 def test_presets_fix_search_parameters_per_index_type():
-    assert IndexConfig() == IndexConfig.preset("IVF_HNSW_SQ")
+    assert IndexConfig() == IndexConfig.preset("IVF_SQ")
     hnsw = IndexConfig.preset("IVF_HNSW_SQ", min_rows_for_index=10)
     assert (hnsw.index_type, hnsw.rows_per_partition, hnsw.nprobes, hnsw.ef) == (
         "IVF_HNSW_SQ",
