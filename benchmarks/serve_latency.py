@@ -12,8 +12,9 @@ Table: `--rows` (1M) synthetic rows in the real `embeddings_schema` with `captio
 512-d float32 vectors around `--clusters` random unit centres (log-normal cluster sizes):
 `x = normalize(c + 1.2 * g / sqrt(512))` with `g ~ N(0, I)`, cosine ~0.64 to the own
 centre. The default index is built (`build_index(table, IndexConfig())`: the recorded
-run's was IVF_HNSW_SQ, the default then, plus BTREE on video_id and clip_id). `--db DIR` keeps the table there: a rerun with the same
-rows, clusters and seed reopens it instead of building it (`serve_bench.json` records them).
+run's was IVF_HNSW_SQ, the default then, plus BTREE on video_id and clip_id). `--db DIR`
+keeps the table there: a rerun with the same rows, clusters and seed reopens it instead of
+building it (`serve_bench.json` records them).
 `benchmarks/query_latency.py` builds a table of its own kind (other ids, metadata and
 model, all vectors in memory at once); this one writes its rows in batches of 50k.
 
