@@ -5,22 +5,28 @@ Nightly refreshes keep the index up to date by themselves (`pipeline.lifecycle`)
 job forces a full rebuild, e.g. after changing `IndexConfig` or loading a big backfill.
 
     vidcat index --db s3://bucket/lancedb [--table videos] [--fts auto|none|COL,...]
-        [--target-recall 0.95] [--text-embeddings texts.npy] [--no-calibration]
+        [--target-recall 0.95] [--text-from auto|none|COL,...] [--checkpoint CKPT]
+        [--text-embeddings texts.npy] [--no-calibration]
 
 It also builds the full-text indices hybrid search uses (`--fts`, default: every text
 metadata column) and the key index of the thumbnails table.
 
 The build measures recall@10 of text, video and similar queries drawn from the table
 against an exact scan and stores, per kind, the fastest search parameters that reach the
-target (`pipeline.recall`). The index report (JSON, with `recall` per kind) goes to stdout,
-a `recall:` line per kind to stderr; errors to stderr (`error: …`, exit 2; exit 4 when
-another writer holds the table's lease). The build holds the lease.
+target (`pipeline.recall`). Text queries are `--text-embeddings` when given, else the
+table's own text metadata (captions, titles: `--text-from`) embedded with the table's
+model when that model runs here (a bundled one, or the 1B with `--checkpoint`), else
+synthetic queries at the usual text-video cosine. The index report (JSON, with `recall`
+per kind) goes to stdout, a `recall:` line per kind to stderr; errors to stderr
+(`error: …`, exit 2; exit 4 when another writer holds the table's lease). The build holds
+the lease.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 import numpy as np
@@ -47,7 +53,10 @@ from pipeline.index import (
     text_columns,
 )
 from pipeline.lease import Lease, LeaseHeld
+from pipeline.query import QueryError
 from pipeline.runs import new_run_id
+
+log = logging.getLogger("vidcat.index")
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -90,6 +99,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "calibrate text search with; default: synthetic text queries",
     )
     p.add_argument(
+        "--text-from",
+        default="auto",
+        help="text metadata to embed as the calibration's text queries: auto (every text "
+        "metadata column, when the table's model runs here), none (synthetic queries), or a "
+        "comma-separated list of columns (then the model is required)",
+    )
+    p.add_argument(
+        "--checkpoint", default=None, help="1B weights for --text-from: path, s3:// or hub id"
+    )
+    p.add_argument("--tokenizer", default=None, help="vocab.txt or its directory, or hub id")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
         "--no-calibration",
         action="store_true",
         help="skip the recall measurement; searches use the index type's presets",
@@ -108,10 +129,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         )
         texts = _text_embeddings(args.text_embeddings)
         table = open_table(args.db, args.table, s3.storage_options())
+        text_from = None
+        if calibration is not None and texts is None:
+            count = calibration.queries + calibration.validation_queries
+            texts, text_from = texts_from_metadata(args, table, s3, count, calibration.seed)
         owner = new_run_id("index")
         with Lease(args.db, args.table, owner, "index build", s3, lease_config(args)):
             replace = not args.keep_existing
             report = build_index(table, config, replace=replace, text_vectors=texts)
+            if text_from is not None and isinstance(report.get("recall"), dict):
+                report["recall"]["text_queries_from"] = text_from
             fts = _fts_columns(args.fts, table)
             report["fts_indices"] = build_fts_indices(table, fts, replace=replace)
             thumbs = catalog_tables(args.db, args.table, s3.storage_options()).get(
@@ -120,7 +147,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             report["thumbnail_index"] = (
                 build_key_index(thumbs, replace=replace) if thumbs is not None else None
             )
-    except (UsageError, DatabaseNotFound, StoreError, TableSchemaError, ValueError) as exc:
+    except (
+        UsageError, DatabaseNotFound, StoreError, TableSchemaError, ValueError, QueryError
+    ) as exc:  # fmt: skip
         return fail(exc)
     except LeaseHeld as exc:
         return lease_held(exc)
@@ -158,6 +187,65 @@ def recall_lines(report: dict) -> list[str]:
             f"{r[f'preset_recall@{k}']:.3f}) p50 {r['p50_ms']:.1f} ms with {params}"
         )
     return lines
+
+
+def texts_from_metadata(
+    args: argparse.Namespace, table, s3, count: int, seed: int
+) -> tuple[np.ndarray | None, dict | None]:
+    """Up to `count` distinct values of the table's text metadata embedded with the table's
+    model, as the calibration's text queries, and what they were; (None, None) when
+    `--text-from none`, or `auto` without a model that runs here or without text."""
+    from pipeline.models import INTERNVIDEO2_1B, ModelSpec
+    from pipeline.query import CatalogSearch
+
+    if args.text_from == "none":
+        return None, None
+    explicit = args.text_from != "auto"
+    columns = [c.strip() for c in args.text_from.split(",") if c.strip()] if explicit else None
+    if columns is None:
+        columns = text_columns(table)
+    missing = sorted(set(columns) - set(table.schema.names))
+    if missing:
+        raise UsageError(f"--text-from: no column {', '.join(missing)} in the table")
+    options = s3.storage_options()
+    probe = CatalogSearch(args.db, args.table, storage_options=options)
+    embedded = probe.embedded_with()
+    if embedded is None or not columns:
+        return None, None
+    identity, frames = embedded
+    if args.checkpoint:
+        spec = ModelSpec(INTERNVIDEO2_1B, args.checkpoint, num_frames=frames, s3=s3)
+    else:
+        spec = ModelSpec.for_identity(identity, frames, s3=s3)
+    if spec is None:
+        if explicit:
+            raise UsageError(
+                f"--text-from needs the table's model ({identity}) to embed the text: pass "
+                "--checkpoint"
+            )
+        log.info("calibration: %s needs its weights here; synthetic text queries", identity)
+        return None, None
+    rows = table.search().select(columns).limit(None).to_arrow()
+    values: set[str] = set()
+    for name in columns:
+        values.update(v.strip() for v in rows[name].drop_null().to_pylist() if v and v.strip())
+    if not values:
+        return None, None
+    rng = np.random.default_rng(seed)
+    texts = sorted(values)
+    texts = [texts[i] for i in rng.permutation(len(texts))[:count]]
+    search = CatalogSearch(
+        args.db,
+        args.table,
+        model=spec,
+        tokenizer=args.tokenizer,
+        storage_options=options,
+        device=args.device,
+    )
+    vectors = np.stack([search.embed_text(t) for t in texts])
+    used = {"columns": columns, "texts": len(texts), "model": identity}
+    log.info("calibration: %d texts of %s embedded as text queries", len(texts), columns)
+    return vectors, used
 
 
 def _text_embeddings(path: str | None) -> np.ndarray | None:

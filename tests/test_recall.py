@@ -371,3 +371,29 @@ def test_validation_prefers_recall_among_equally_fast_candidates(monkeypatch, pr
     )
     assert chosen == {"preset": preset, "fast": fast}[winner]
     assert baseline is canned[preset] and measured is canned[chosen]
+
+
+def test_index_calibrates_text_on_the_tables_own_captions(served_catalog, tmp_path, capsys):
+    """`vidcat index` embeds the table's text metadata with the table's model (a bundled
+    one needs nothing more) as the calibration's text queries; `--text-from none` keeps the
+    synthetic ones; a missing column or an unrunnable model is exit 2."""
+    import shutil
+
+    db = str(tmp_path / "db")
+    shutil.copytree(served_catalog.db, db)
+    captions = set(lancedb.connect(db).open_table("videos").to_arrow()["caption"].to_pylist())
+
+    assert build_index_job.main(["--db", db, "--min-rows", "4", "--fts", "none"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    used = report["recall"]["text_queries_from"]
+    assert "caption" in used["columns"] and used["model"].startswith("tiny-random")
+    assert len(captions) <= used["texts"] <= 264
+    assert report["recall"]["text_queries"] == "given"
+
+    assert build_index_job.main(["--db", db, "--min-rows", "4", "--text-from", "none"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "text_queries_from" not in report["recall"]
+    assert report["recall"]["text_queries"].startswith("synthetic")
+
+    assert build_index_job.main(["--db", db, "--text-from", "title"]) == 2
+    assert "no column title" in capsys.readouterr().err
