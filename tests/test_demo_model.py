@@ -34,6 +34,10 @@ from models.internvideo2.train import (
     PartnerBatches,
     TrainConfig,
     TrainingSet,
+    _augment,
+    _reverse_partners,
+    _reversed_slots,
+    _time_reversal,
     checkpoint_state,
     train,
 )
@@ -187,6 +191,24 @@ def _tiny_training_set(n: int = 8) -> TrainingSet:
     frames = torch.randint(0, 256, (n, 4, 224, 224, 3), dtype=torch.uint8, generator=gen)
     labels = torch.tensor([training_data.labels_of(v) for v in sample_videos(n, seed=5)])
     return TrainingSet(frames, labels, training_data.describe, training_data.TRANSFORMS)
+
+
+def test_reverse_partners_are_their_anchors_played_backwards():
+    data = _tiny_training_set()
+    config = TrainConfig(batch_size=8, partner_fraction=0.5, reverse_partners=0.25)
+    gen = torch.Generator().manual_seed(0)
+    batches = PartnerBatches(data.labels, config.batch_size, config.partner_fraction, gen)
+    slots = _reversed_slots(batches, config)
+    assert slots == [(6, 2), (7, 3)]  # the last two partner slots, with their anchors
+    frames, video_labels, text_labels = _augment(data, batches.next(), config, gen)
+    _reverse_partners(frames, video_labels, text_labels, _time_reversal(data), slots)
+    for slot, anchor in slots:
+        assert torch.equal(frames[slot], frames[anchor].flip(0))
+        differs = (video_labels[slot] != video_labels[anchor]).tolist()
+        assert differs == [False, False, False, True]  # only the direction
+        assert torch.equal(text_labels[slot], video_labels[slot])
+    with pytest.raises(ValueError, match="partner"):
+        TrainConfig(partner_fraction=0.25, reverse_partners=0.5)
 
 
 @pytest.fixture(scope="module")

@@ -83,11 +83,20 @@ class TrainConfig:
             in ten in the background colour alone), so the loss would teach little
             beyond the most visible one; partners make each attribute a frequent
             difference between a positive and a negative.
+        reverse_partners: share of each batch (taken from the partner slots) that are an
+            anchor's own clip played backwards, its direction relabelled by the data's
+            time-reversing transform. Such a pair differs only in the order of its frames,
+            so only the motion tells the two captions apart; with independent random
+            reversals alone the model learned where a shape tends to be, not where it goes
+            (a reversed clip kept its embedding, cosine 0.9999).
         caption_dropout: per attribute, the probability that a training caption leaves
             it out (a shorter query); empty: always the full caption.
         max_length: token length of captions (queries use the same).
         grad_clip: max global gradient norm.
         qk_norm_init: initial QK-norm weights of the vision blocks (see :func:`init_weights`).
+        time_position_scale: factor on the frame-index channels of the initial vision
+            position embeddings (:func:`position_table`). At 1 they were a sixteenth of the
+            trained patch tokens' norm and the model never used frame order.
         token_rms_max, token_rms_weight: the vision tokens' root-mean-square above
             `token_rms_max` costs `token_rms_weight` times its square. The contrastive path
             pools the tokens through LayerNorms and is blind to their scale, so without
@@ -111,10 +120,12 @@ class TrainConfig:
     uniform_negatives: float = 0.5
     transform_prob: float = 0.5
     partner_fraction: float = 0.5
+    reverse_partners: float = 0.0
     caption_dropout: tuple[float, ...] = ()
     max_length: int = DEFAULT_MAX_LENGTH
     grad_clip: float = 1.0
     qk_norm_init: float = 3.0
+    time_position_scale: float = 1.0
     token_rms_max: float = 2.0
     token_rms_weight: float = 0.1
 
@@ -123,9 +134,16 @@ class TrainConfig:
             raise ValueError("need epochs >= 1 and batch_size >= 2")
         if not 0 < self.temp_min <= self.temp_init <= self.temp_max:
             raise ValueError("need 0 < temp_min <= temp_init <= temp_max")
-        probabilities = (self.transform_prob, self.partner_fraction, *self.caption_dropout)
+        probabilities = (
+            self.transform_prob,
+            self.partner_fraction,
+            self.reverse_partners,
+            *self.caption_dropout,
+        )
         if not all(0 <= p < 1 for p in probabilities):
             raise ValueError("probabilities must be in [0, 1)")
+        if self.reverse_partners > self.partner_fraction:
+            raise ValueError("reverse_partners take partner slots: need <= partner_fraction")
 
 
 @dataclass
@@ -232,7 +250,12 @@ class PartnerBatches:
         return torch.cat([anchors, torch.tensor(partners, dtype=torch.long)])
 
 
-def init_weights(model: InternVideo2, generator: torch.Generator, qk_norm_init: float) -> None:
+def init_weights(
+    model: InternVideo2,
+    generator: torch.Generator,
+    qk_norm_init: float,
+    time_position_scale: float = 1.0,
+) -> None:
     """Initialize a small model for training from scratch.
 
     Linear and convolution weights are N(0, 1/fan_in) (LeCun), so activations keep their
@@ -261,11 +284,12 @@ def init_weights(model: InternVideo2, generator: torch.Generator, qk_norm_init: 
         vision = model.config.vision
         grid = round(vision.patches_per_frame**0.5)
         encoder = model.vision_encoder
-        encoder.pos_embed.copy_(position_table(vision.num_frames, grid, vision.embed_dim))
+        table = position_table(vision.num_frames, grid, vision.embed_dim, time_position_scale)
+        encoder.pos_embed.copy_(table)
         encoder.img_pos_embed.copy_(position_table(1, grid, vision.embed_dim))
 
 
-def position_table(frames: int, grid: int, dim: int) -> torch.Tensor:
+def position_table(frames: int, grid: int, dim: int, time_scale: float = 1.0) -> torch.Tensor:
     """Initial vision position embeddings `[1, 1 + frames * grid * grid, dim]`: sines and
     cosines of the frame index (a quarter of the channels) and of the patch row and column
     (the rest, split evenly), each over geometric frequencies from 1 down; the cls row is 0.
@@ -273,7 +297,8 @@ def position_table(frames: int, grid: int, dim: int) -> torch.Tensor:
     With the N(0, 0.02) start of the other embeddings the positions were a hundredth of the
     patch tokens' scale and stayed too small to matter: the trained model gave the same
     embedding to a clip played backwards (cosine 1.0000), so it could not tell the
-    direction of motion, only where the shape tends to be. Entries here are in [-1, 1].
+    direction of motion, only where the shape tends to be. Entries here are in [-1, 1],
+    the frame channels times `time_scale`.
     """
     time_dim = max(2, dim // 4 // 2 * 2)
     space_dim = (dim - time_dim) // 4 * 2
@@ -281,7 +306,7 @@ def position_table(frames: int, grid: int, dim: int) -> torch.Tensor:
     t, y, x = torch.meshgrid(
         torch.arange(frames), torch.arange(grid), torch.arange(grid), indexing="ij"
     )
-    parts = [_waves(t, time_dim), _waves(y, space_dim), _waves(x, space_dim)]
+    parts = [_waves(t, time_dim) * time_scale, _waves(y, space_dim), _waves(x, space_dim)]
     table = torch.cat(parts, dim=1)
     return torch.cat([torch.zeros(1, dim), table]).unsqueeze(0)
 
@@ -352,7 +377,7 @@ def _train(
     on_epoch: Callable[[int, dict[str, float]], None] | None,
 ) -> TrainResult:
     gen = torch.Generator().manual_seed(config.seed)
-    init_weights(model, gen, config.qk_norm_init)
+    init_weights(model, gen, config.qk_norm_init, config.time_position_scale)
     model.requires_grad_(True)
     model.train()
     device = model.device
@@ -369,6 +394,8 @@ def _train(
     )
     captions = CaptionTokens(tokenizer, data.describe, config.max_length)
     batches = PartnerBatches(data.labels, config.batch_size, config.partner_fraction, gen)
+    reversed_slots = _reversed_slots(batches, config)
+    reverse = _time_reversal(data) if reversed_slots else None
     result = TrainResult(temp=temp.detach())
     started = time.perf_counter()
     for epoch in range(config.epochs):
@@ -377,6 +404,8 @@ def _train(
         for _ in range(steps_per_epoch):
             index = batches.next()
             frames, video_labels, text_labels = _augment(data, index, config, gen)
+            if reversed_slots:
+                _reverse_partners(frames, video_labels, text_labels, reverse, reversed_slots)
             ids, mask = captions(text_labels)
             vtc, vtm, scale = _losses(
                 model, temp, frames, ids, mask, video_labels, text_labels, gen, config
@@ -448,6 +477,37 @@ def _augment(
         dropped = torch.rand(b, generator=gen) < p
         text_labels[dropped, a] = ANY
     return frames, labels, text_labels
+
+
+def _reversed_slots(batches: PartnerBatches, config: TrainConfig) -> list[tuple[int, int]]:
+    """(slot, anchor slot) pairs: the last partner slots, each with the anchor it partners."""
+    k = min(round(config.batch_size * config.reverse_partners), batches.num_partners)
+    first = batches.num_partners - k
+    return [(batches.num_anchors + j, j) for j in range(first, batches.num_partners)]
+
+
+def _time_reversal(data: TrainingSet) -> FrameTransform:
+    for transform in data.transforms:
+        if transform.flip_time and not transform.flip_width:
+            return transform
+    raise ValueError("reverse_partners needs a time-reversing transform in data.transforms")
+
+
+def _reverse_partners(
+    frames: torch.Tensor,
+    video_labels: torch.Tensor,
+    text_labels: torch.Tensor,
+    reverse: FrameTransform,
+    slots: list[tuple[int, int]],
+) -> None:
+    """In place: each slot becomes its anchor's (augmented) clip played backwards."""
+    dst = torch.tensor([s for s, _ in slots])
+    src = torch.tensor([a for _, a in slots])
+    frames[dst] = reverse.frames(frames[src])
+    labels = reverse.labels(video_labels[src])
+    video_labels[dst] = labels
+    left_out = text_labels[src] == ANY
+    text_labels[dst] = torch.where(left_out, torch.full_like(labels, ANY), labels)
 
 
 def _losses(
