@@ -387,13 +387,9 @@ class CatalogSearch:
         if vector is None:  # clips pointing in opposite directions: fall back to the first
             vector = emb[0]
         groups = self.dedup_groups() if dedup else None
-
-        def fetch(n: int) -> pa.Table:
-            return self._search(
-                vector, n, where, "similar", recall, exclude=video_id, checked=False
-            )
-
-        return self._present(self._page(fetch, k, offset, groups))
+        return self._nearest(
+            vector, k, offset, groups, where, "similar", recall, video_id, checked=False
+        )
 
     def similar_clip(
         self,
@@ -422,11 +418,7 @@ class CatalogSearch:
         vector = np.asarray(row[schema.EMBEDDING], np.float32)
         groups = self.dedup_groups() if dedup else None
         video = row[schema.VIDEO_ID]
-
-        def fetch(n: int) -> pa.Table:
-            return self._search(vector, n, where, "similar", recall, video, checked=False)
-
-        return self._present(self._page(fetch, k, offset, groups))
+        return self._nearest(vector, k, offset, groups, where, "similar", recall, video, False)
 
     def video(
         self,
@@ -508,9 +500,7 @@ class CatalogSearch:
         k, offset = _check_page(k, offset)
         recall = check_recall(recall)
         groups = self.dedup_groups() if dedup else None
-        return self._present(
-            self._page(lambda n: self._search(vector, n, where, kind, recall), k, offset, groups)
-        )
+        return self._nearest(vector, k, offset, groups, where, kind, recall)
 
     # ---- the catalog --------------------------------------------------------------------
     def clip(self, clip_id: str, columns: list[str] | None = None) -> dict[str, Any] | None:
@@ -755,6 +745,26 @@ class CatalogSearch:
         search = json.dumps(choice.as_dict()).encode()
         return rows.replace_schema_metadata({SEARCH_METADATA_KEY: search})
 
+    def _nearest(
+        self,
+        vector: np.ndarray,
+        k: int,
+        offset: int,
+        groups: pa.Table | None,
+        where: str | None,
+        kind: str,
+        recall: float | str | None,
+        exclude: str | None = None,
+        checked: bool = True,
+    ) -> pa.Table:
+        """The presented page `offset .. offset + k` of a vector search of `kind` (one row
+        per near-duplicate group with `groups`): the one path of every non-text search."""
+
+        def fetch(n: int) -> pa.Table:
+            return self._search(vector, n, where, kind, recall, exclude, checked)
+
+        return self._present(self._page(fetch, k, offset, groups))
+
     def _page(self, fetch, k: int, offset: int, groups: pa.Table | None) -> pa.Table:
         """Rows `offset .. offset + k` of a search, `fetch(n)` giving its best n rows; with
         `groups`, rows of distinct groups: `DEDUP_CANDIDATES` times as many candidates,
@@ -927,11 +937,9 @@ class CatalogSearch:
     ) -> pa.Table:
         k, offset = _check_page(k, offset)
         recall = check_recall(recall)
-        groups = self.dedup_groups() if dedup else None
+        groups = self.dedup_groups() if dedup else None  # before decoding the upload
         vector = self.embed_media(path_or_uri, still=still)
-        return self._present(
-            self._page(lambda n: self._search(vector, n, where, "video", recall), k, offset, groups)
-        )
+        return self._nearest(vector, k, offset, groups, where, "video", recall)
 
     def _hybrid(
         self,
