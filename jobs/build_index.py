@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     )
     p.add_argument("--tokenizer", default=None, help="vocab.txt or its directory, or hub id")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(model=None)  # jobs.query.model_spec: the table's own model, or the 1B
     p.add_argument(
         "--no-calibration",
         action="store_true",
@@ -195,14 +196,15 @@ def texts_from_metadata(
     """Up to `count` distinct values of the table's text metadata embedded with the table's
     model, as the calibration's text queries, and what they were; (None, None) when
     `--text-from none`, or `auto` without a model that runs here or without text."""
-    from pipeline.models import INTERNVIDEO2_1B, ModelSpec
+    from jobs.query import model_spec
     from pipeline.query import CatalogSearch
 
     if args.text_from == "none":
         return None, None
     explicit = args.text_from != "auto"
-    columns = [c.strip() for c in args.text_from.split(",") if c.strip()] if explicit else None
-    if columns is None:
+    if explicit:
+        columns = [c.strip() for c in args.text_from.split(",") if c.strip()]
+    else:
         columns = text_columns(table)
     missing = sorted(set(columns) - set(table.schema.names))
     if missing:
@@ -212,18 +214,12 @@ def texts_from_metadata(
     embedded = probe.embedded_with()
     if embedded is None or not columns:
         return None, None
-    identity, frames = embedded
-    if args.checkpoint:
-        spec = ModelSpec(INTERNVIDEO2_1B, args.checkpoint, num_frames=frames, s3=s3)
-    else:
-        spec = ModelSpec.for_identity(identity, frames, s3=s3)
-    if spec is None:
+    try:  # the query CLI's rule: --checkpoint, else the table's model if it needs no file
+        spec = model_spec(args, embedded, s3)
+    except QueryError as exc:
         if explicit:
-            raise UsageError(
-                f"--text-from needs the table's model ({identity}) to embed the text: pass "
-                "--checkpoint"
-            )
-        log.info("calibration: %s needs its weights here; synthetic text queries", identity)
+            raise UsageError(f"--text-from: {exc}") from None
+        log.info("calibration: synthetic text queries (%s)", exc)
         return None, None
     rows = table.search().select(columns).limit(None).to_arrow()
     values: set[str] = set()
@@ -243,7 +239,7 @@ def texts_from_metadata(
         device=args.device,
     )
     vectors = np.stack([search.embed_text(t) for t in texts])
-    used = {"columns": columns, "texts": len(texts), "model": identity}
+    used = {"columns": columns, "texts": len(texts), "model": embedded[0]}
     log.info("calibration: %d texts of %s embedded as text queries", len(texts), columns)
     return vectors, used
 
