@@ -36,6 +36,7 @@ from pipeline.sample_catalog import (
     CAPTION,
     COLORS,
     DIRECTIONS,
+    RENDER_VERSION,
     SHAPES,
     SampleVideo,
     make_sample_catalog,
@@ -58,8 +59,9 @@ def _direction_map(swaps: dict[str, str]) -> tuple[tuple[int, ...] | None, ...]:
 
 #: Transforms under which every caption stays true with its direction relabelled. A
 #: horizontal mirror turns left into right (shapes, colours and the vertical background
-#: gradient are symmetric left-right); playing the frames backwards reverses the motion.
-#: A vertical flip is not here: it would turn the triangle upside down.
+#: gradient are symmetric left-right); the frames played backwards are those of the
+#: catalog's video of the opposite direction (its shapes cross the centre half-way). A
+#: vertical flip is not here: it would turn the triangle upside down.
 TRANSFORMS = (
     FrameTransform(
         "mirror", flip_width=True, relabel=_direction_map({"left": "right", "right": "left"})
@@ -243,14 +245,14 @@ def cached_videos(
 ) -> VideoSet:
     """:func:`render_videos`, kept as an `.npz` in the directory `cache` (None: no cache).
 
-    The file name holds the spec, the copies' encoding and the decode settings, so a
-    changed decoder or catalog never reads stale frames; a second run skips rendering and
-    decoding (minutes on a busy 2-core machine).
+    The file name holds the spec, the copies' encoding, the decode settings and the
+    renderer's version, so a changed decoder or catalog never reads stale frames; a second
+    run skips rendering and decoding (minutes on a busy 2-core machine).
     """
     if cache is None:
         return render_videos(spec, copies=copies, workers=workers)
     params = DecodeConfig(thumbnail_size=0).worker_params()
-    key = json.dumps([dataclasses.asdict(spec), copies, params], sort_keys=True)
+    key = json.dumps([dataclasses.asdict(spec), copies, params, RENDER_VERSION], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = Path(cache) / f"catalog-{spec.seed}-{digest}.npz"
     if path.exists():

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -76,6 +77,25 @@ def test_videos_are_distinct_and_moving():
         for b in clips[i + 1 :]:
             # Different colours, shapes or motion: a visible share of pixels differs clearly.
             assert (np.abs(a - b).max(axis=-1) > 30).mean() > 0.01
+
+
+def test_motion_is_told_only_by_frame_order():
+    # The shape crosses the centre half-way, so a video played backwards is, pixel for
+    # pixel, the video of the opposite direction: where the shape is says nothing about
+    # where it goes (the demo model must read the frame order to tell directions apart).
+    opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    for video in sample_videos(8, seed=4):
+        for seconds, fps in ((2.2, 20), (3.0, 25), (1.0, 7)):
+            forward = render_frames(video, seconds, 96, 72, fps)
+            back = dataclasses.replace(video, direction=opposite[video.direction])
+            assert np.array_equal(forward[::-1], render_frames(back, seconds, 96, 72, fps))
+            assert not np.array_equal(forward, forward[::-1])
+    # Half-way, the shape sits in the middle of the frame (odd frame count: one frame).
+    video = dataclasses.replace(sample_videos(1, seed=0)[0], shape="square", size=0.25)
+    middle = render_frames(video, 1.0, 64, 48, 9)[4]
+    ys, xs = np.nonzero((middle == sample_catalog.COLORS[video.color]).all(axis=-1))
+    assert (xs.min() + xs.max()) / 2 == pytest.approx(31.5, abs=1)
+    assert (ys.min() + ys.max()) / 2 == pytest.approx(23.5, abs=1)
 
 
 def test_s3_output(s3_bucket):
