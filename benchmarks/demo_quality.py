@@ -7,8 +7,11 @@ Renders a sample catalog with a seed and an encoding no training catalog used (s
 :mod:`pipeline.retrieval_quality`), re-encodes each video at another resolution and bitrate,
 embeds the catalog with `jobs/embed_catalog.py` and queries every distinct caption through
 `CatalogSearch`: text→video R@1/R@5 and per-attribute top-1 accuracy, with and without
-re-ranking, and video→video top-1 of the re-encoded copies. Prints a Markdown table and
-writes the JSON with `--json`. Everything is made under a temporary directory (or `--work`).
+re-ranking, video→video top-1 of the re-encoded copies, and the caption choice per
+attribute (does each video's own caption beat those differing in that attribute alone),
+also with every clip's frames played backwards (the direction choice should flip). Prints
+a Markdown table on stdout and writes the JSON with `--json`. Everything is made under a
+temporary directory (or `--work`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -45,6 +50,12 @@ def table(result: dict) -> str:
         lines.append(f"| top-1 {name} right | {a:.3f} | {b:.3f} |")
     if "copies" in result:
         lines.append(f"| re-encoded copy → original top-1 | {result['copies']['top1']:.3f} | |")
+    choice, backwards = result["caption_choice"], result["caption_choice_reversed_frames"]
+    for name in ATTRIBUTES:
+        lines.append(
+            f"| caption choice: {name} (frames played backwards) | {choice[name]:.3f} "
+            f"({backwards[name]:.3f}) | |"
+        )
     return "\n".join(lines)
 
 
@@ -71,11 +82,15 @@ def main(argv: list[str] | None = None) -> int:
         search = CatalogSearch(str(work / "lancedb"), model=ModelSpec(model=args.model))
         try:
             result = rq.measure(search, catalog, rerank_k=args.rerank_k)
+            model = ModelSpec(model=args.model).build("cpu", torch.float32)
+            backwards = {k: v[::-1] for k, v in rq.decode_catalog(catalog).items()}
+            result["caption_choice_reversed_frames"] = rq.caption_choice(
+                search, catalog, rq.embed_in_process(model, backwards)
+            )
         finally:
             search.close()
     result.update(model=args.model, catalog_seconds=round(made, 1), embed_seconds=round(embed_s, 1))
     print(table(result))
-    print(json.dumps(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

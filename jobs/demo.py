@@ -84,7 +84,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--tokenizer", default=None, help="bert-large-uncased directory (real model)")
     # A whole caption: demo-shapes puts its one video first; with the background left out
-    # ("a red circle moving right") it leans on the colour and ranks that video 11th.
+    # ("a red circle moving right") that video comes 3rd, behind a red square moving right
+    # and a red circle moving left (the model cannot tell left from right).
     p.add_argument("--query", default="a red circle moving right on a black background")
     return p
 
