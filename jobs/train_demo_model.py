@@ -81,6 +81,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--uniform-negatives", type=float, default=defaults.uniform_negatives)
     p.add_argument("--time-position-scale", type=float, default=defaults.time_position_scale)
     p.add_argument("--cross-attention-init", type=float, default=defaults.cross_attention_init)
+    p.add_argument(
+        "--partner-weights",
+        type=lambda v: tuple(float(x) for x in v.split(",")),
+        default=defaults.partner_weights,
+        help="per attribute (shape,color,background,direction): how often partners differ in it",
+    )
     p.add_argument("--matching-epochs", type=int, default=defaults.matching_epochs)
     p.add_argument("--matching-lr", type=float, default=defaults.matching_lr)
     p.add_argument("--rerank-k", type=int, default=16, help="candidates re-ranked in the eval")
@@ -110,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
             time_position_scale=args.time_position_scale,
             cross_attention_init=args.cross_attention_init,
             matching_epochs=args.matching_epochs,
+            partner_weights=args.partner_weights,
             matching_lr=args.matching_lr,
         )
     except ValueError as exc:

@@ -190,6 +190,29 @@ def test_partners_differ_in_exactly_one_attribute():
         assert ((anchors != partners).sum(dim=1) == 1).all()
 
 
+def test_partner_weights_choose_the_differing_attribute():
+    labels = torch.tensor([[s, c, 9 - c, d] for s in range(3) for c in range(3) for d in range(4)])
+    gen = torch.Generator().manual_seed(0)
+    only_direction = PartnerBatches(labels, 8, 0.5, gen, weights=(0, 0, 0, 1))
+    counts = torch.zeros(4)
+    for _ in range(20):
+        index = only_direction.next()
+        differs = labels[index[:4]] != labels[index[4:]]
+        assert (differs.sum(dim=1) == 1).all()
+        counts += differs.sum(dim=0)
+    assert counts.tolist() == [0, 0, 0, 80]
+    # Colour and background go together in these labels: partners differ in shape or
+    # direction only, here three times as often in the shape.
+    skewed = PartnerBatches(labels, 8, 0.5, gen, weights=(3, 1, 1, 1))
+    counts = torch.zeros(4)
+    for _ in range(200):
+        index = skewed.next()
+        counts += (labels[index[:4]] != labels[index[4:]]).sum(dim=0)
+    assert counts[1] == counts[2] == 0 and 2.4 < counts[0] / counts[3] < 3.8
+    with pytest.raises(ValueError, match="weight"):
+        PartnerBatches(labels, 8, 0.5, gen, weights=(1, 1))
+
+
 def _tiny_training_set(n: int = 8) -> TrainingSet:
     gen = torch.Generator().manual_seed(5)
     frames = torch.randint(0, 256, (n, 4, 224, 224, 3), dtype=torch.uint8, generator=gen)

@@ -83,6 +83,9 @@ class TrainConfig:
             in ten in the background colour alone), so the loss would teach little
             beyond the most visible one; partners make each attribute a frequent
             difference between a positive and a negative.
+        partner_weights: per attribute, how often a partner differs in it (relative; empty:
+            evenly among the attributes in which the anchor has a partner). A model that
+            has learnt the colours spends few gradients on partners that differ in colour.
         reverse_partners: share of each batch (taken from the partner slots) that are an
             anchor's own clip played backwards, its direction relabelled by the data's
             time-reversing transform. Such a pair differs only in the order of its frames,
@@ -137,6 +140,7 @@ class TrainConfig:
     uniform_negatives: float = 0.5
     transform_prob: float = 0.5
     partner_fraction: float = 0.5
+    partner_weights: tuple[float, ...] = ()
     reverse_partners: float = 0.0
     caption_dropout: tuple[float, ...] = ()
     max_length: int = DEFAULT_MAX_LENGTH
@@ -233,9 +237,19 @@ class PartnerBatches:
     """
 
     def __init__(
-        self, labels: torch.Tensor, batch_size: int, fraction: float, gen: torch.Generator
+        self,
+        labels: torch.Tensor,
+        batch_size: int,
+        fraction: float,
+        gen: torch.Generator,
+        weights: Sequence[float] = (),
     ) -> None:
         self.n, self.gen = labels.shape[0], gen
+        self.weights = tuple(weights) or (1.0,) * labels.shape[1]
+        if len(self.weights) != labels.shape[1] or min(self.weights) < 0:
+            raise ValueError("partner weights: one non-negative weight per attribute")
+        # attributes[i]: the attribute in which each entry of partners[i] differs.
+        self.attributes: list[list[int]] = [[] for _ in range(self.n)]
         self.num_partners = round(batch_size * fraction)
         self.num_anchors = batch_size - self.num_partners
         rows = [tuple(r) for r in labels.tolist()]
@@ -248,9 +262,20 @@ class PartnerBatches:
             for i, r in enumerate(rows):
                 same_rest = groups[r[:a] + r[a + 1 :]]
                 options = [j for j in same_rest if rows[j][a] != r[a]]
-                if options:
+                if options and self.weights[a] > 0:
                     self.partners[i].append(torch.tensor(options))
+                    self.attributes[i].append(a)
         self.order = torch.empty(0, dtype=torch.long)
+
+    def _pick(self, attributes: list[int], u: float) -> int:
+        """Index into `attributes` drawn by the attributes' weights, `u` uniform in [0, 1)."""
+        weights = [self.weights[a] for a in attributes]
+        target, total = u * sum(weights), 0.0
+        for k, w in enumerate(weights):
+            total += w
+            if target < total:
+                return k
+        return len(weights) - 1
 
     def _anchors(self, k: int) -> torch.Tensor:
         while self.order.numel() < k:
@@ -266,7 +291,7 @@ class PartnerBatches:
         for anchor, (u, v) in zip(anchors[: self.num_partners].tolist(), picks, strict=False):
             options = self.partners[anchor]
             if options:
-                choice = options[int(u * len(options))]
+                choice = options[self._pick(self.attributes[anchor], u)]
                 partners.append(int(choice[int(v * len(choice))]))
             else:
                 partners.append(int(v * self.n))
@@ -439,7 +464,9 @@ def _train(
         optimizer, lambda s: lr_factor(s, total, config.warmup_steps, floor)
     )
     captions = CaptionTokens(tokenizer, data.describe, config.max_length)
-    batches = PartnerBatches(data.labels, config.batch_size, config.partner_fraction, gen)
+    batches = PartnerBatches(
+        data.labels, config.batch_size, config.partner_fraction, gen, config.partner_weights
+    )
     reversed_slots = _reversed_slots(batches, config)
     reverse = _time_reversal(data) if reversed_slots else None
     result = TrainResult(temp=temp.detach())
