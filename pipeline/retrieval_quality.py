@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from . import schema
 from .sample_catalog import CAPTION, make_sample_catalog, sample_videos
 from .training_data import ATTRIBUTES, VALUES, CatalogSpec, describe, labels_of, reencode
 
@@ -176,8 +177,6 @@ def copy_top1(search: Any, catalog: HeldOutCatalog) -> float:
 
 def table_vectors(search: Any) -> dict[str, np.ndarray]:
     """The embedding of each video in `search`'s table (one clip per video), by video id."""
-    from . import schema
-
     table = search.table.to_arrow().select([schema.VIDEO_ID, schema.EMBEDDING])
     vectors = table.column(schema.EMBEDDING).combine_chunks().flatten().to_numpy()
     ids = table.column(schema.VIDEO_ID).to_pylist()

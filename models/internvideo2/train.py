@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -391,9 +391,12 @@ def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, nn.LayerNorm | RMSNorm)
 
 
-def _param_groups(model: InternVideo2, temp: nn.Parameter, weight_decay: float) -> list[dict]:
-    decay, plain = [], [temp]
-    for name, p in model.named_parameters():
+def _param_groups(
+    named: Iterable[tuple[str, nn.Parameter]], plain: list[nn.Parameter], weight_decay: float
+) -> list[dict]:
+    """AdamW groups: weight decay on matrices, none on `plain`, norms, biases, embeddings."""
+    decay, plain = [], list(plain)
+    for name, p in named:
         embedding = "embed" in name.split(".")[-1] or "embeddings" in name or "cls_token" in name
         (decay if p.ndim >= 2 and not embedding else plain).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0}]
@@ -453,7 +456,8 @@ def _train(
     model.train()
     device = model.device
     temp = nn.Parameter(torch.tensor(config.temp_init, device=device))
-    optimizer = torch.optim.AdamW(_param_groups(model, temp, config.weight_decay), lr=config.lr)
+    groups = _param_groups(model.named_parameters(), [temp], config.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
     n = data.frames.shape[0]
     steps_per_epoch = n // config.batch_size
     if steps_per_epoch < 1:
@@ -562,13 +566,8 @@ def _train_matching(
             if config.matching_reinit:
                 _init_parameter(model, name, p, gen, config.cross_attention_init)
     params = [p for _, p in named]
-    decay = [p for p in params if p.ndim >= 2]
-    plain = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": plain}],
-        lr=config.matching_lr,
-        weight_decay=0.0,
-    )
+    groups = _param_groups(named, [], config.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=config.matching_lr)
     n = data.frames.shape[0]
     steps_per_epoch = n // config.batch_size
     total = steps_per_epoch * config.matching_epochs
@@ -590,10 +589,7 @@ def _train_matching(
                 text_emb, hidden = model.encode_text(ids, mask)
                 sim = (model.project_video(pooled) @ text_emb.T / temp).cpu()
             positives = positive_mask(video_labels, text_labels)
-            videos, texts, labels = matching_pairs(sim, positives, gen, config.uniform_negatives)
-            mask = mask.to(device)
-            logits = model.match_logits(hidden[texts], mask[texts], tokens[videos])
-            vtm = matching_loss(logits, labels.to(device))
+            vtm = _matching_term(model, sim, positives, hidden, mask, tokens, gen, config)
             optimizer.zero_grad(set_to_none=True)
             vtm.backward()
             nn.utils.clip_grad_norm_(params, config.grad_clip)
@@ -704,9 +700,25 @@ def _losses(
     vtc = contrastive_loss(video_emb, text_emb, temp, positives)
     with torch.no_grad():
         sim = (video_emb @ text_emb.T / temp).cpu()
-    videos, texts, labels = matching_pairs(sim, positives.cpu(), gen, config.uniform_negatives)
-    mask = mask.to(device)
-    logits = model.match_logits(hidden[texts], mask[texts], tokens[videos])
+    vtm = _matching_term(model, sim, positives.cpu(), hidden, mask, tokens, gen, config)
     rms = tokens.float().pow(2).mean(dim=-1).sqrt()
     scale = (rms - config.token_rms_max).clamp(min=0).pow(2).mean()
-    return vtc, matching_loss(logits, labels.to(device)), scale
+    return vtc, vtm, scale
+
+
+def _matching_term(
+    model: InternVideo2,
+    sim: torch.Tensor,
+    positives: torch.Tensor,
+    hidden: torch.Tensor,
+    mask: torch.Tensor,
+    tokens: torch.Tensor,
+    gen: torch.Generator,
+    config: TrainConfig,
+) -> torch.Tensor:
+    """The matching loss of a batch: each true pair plus hard negatives drawn from the CPU
+    similarity logits `sim` (no gradient), scored by the decoder on `tokens`."""
+    videos, texts, labels = matching_pairs(sim, positives, gen, config.uniform_negatives)
+    mask = mask.to(model.device)
+    logits = model.match_logits(hidden[texts], mask[texts], tokens[videos])
+    return matching_loss(logits, labels.to(model.device))
