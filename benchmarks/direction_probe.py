@@ -23,8 +23,8 @@ direction_probe.json`): the frames readout learnt the sign (train loss 0.52, bel
 with the frames played backwards) where the pooled one stayed at the axis (train loss
 0.80, held-out 0.56, backwards 0.36). Probes outside this script got the same with the
 pooling's heads started, or frozen, on one frame each (attention near uniform within the
-frame): the blocks find where the shape is in each frame; what the tower does not learn
-in this many steps is to combine the frames in their order through the attention pooling.
+frame): the blocks find where the shape is in each frame, and the pooled path does not
+learn to combine the frames in their order in this many steps.
 """
 
 from __future__ import annotations
