@@ -22,9 +22,10 @@ direction_probe.json`): the frames readout learnt the sign (train loss 0.52, bel
 0.69 = ln 2 of a model that knows only the axis; held-out 0.73 after 1,000 steps, 0.63
 with the frames played backwards) where the pooled one stayed at the axis (train loss
 0.80, held-out 0.56, backwards 0.36). Probes outside this script got the same with the
-pooling's heads started, or frozen, on one frame each (attention near uniform within the
-frame): the blocks find where the shape is in each frame, and the pooled path does not
-learn to combine the frames in their order in this many steps.
+pooling's heads started, or frozen, on one frame each, and with the attention replaced by
+exact per-frame means followed by the pooling's own value and output projections: the
+blocks find where the shape is in each frame, and the sign is lost, or learnt far slower,
+in the pooling's projections than in a plain linear head over the same means.
 """
 
 from __future__ import annotations
