@@ -46,7 +46,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.internvideo2.config import InternVideo2Config
 from models.internvideo2.model import InternVideo2
 from models.internvideo2.preprocess import normalize_frames
-from models.internvideo2.train import TrainConfig, init_weights, lr_factor
+from models.internvideo2.train import (
+    TrainConfig,
+    TrainingSet,
+    augment,
+    init_weights,
+    lr_factor,
+    time_reversal,
+)
 from pipeline import training_data
 
 READOUTS = ("pooled", "frames")
@@ -86,12 +93,11 @@ class Probe(nn.Module):
         return self.head(tokens.reshape(b, t, -1, tokens.shape[-1]).mean(2).reshape(b, -1))
 
 
-def accuracy(probe: Probe, held: training_data.VideoSet, backwards: bool) -> float:
+def accuracy(probe: Probe, held: TrainingSet, backwards: bool) -> float:
     """Held-out 4-way accuracy; `backwards` plays every clip backwards and flips its label."""
-    frames = torch.from_numpy(held.frames)
-    labels = torch.from_numpy(held.labels)
+    frames, labels = held.frames, held.labels
     if backwards:
-        reverse = next(t for t in training_data.TRANSFORMS if t.flip_time and not t.flip_width)
+        reverse = time_reversal(held)
         frames, labels = reverse.frames(frames), reverse.labels(labels)
     probe.eval()
     with torch.inference_mode():
@@ -105,8 +111,8 @@ def accuracy(probe: Probe, held: training_data.VideoSet, backwards: bool) -> flo
 
 def train_probe(
     readout: str,
-    train: training_data.VideoSet,
-    held: training_data.VideoSet,
+    train: TrainingSet,
+    held: TrainingSet,
     *,
     steps: int,
     lr: float,
@@ -122,15 +128,11 @@ def train_probe(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, steps, warmup, 0.01)
     )
-    frames_all, labels_all = torch.from_numpy(train.frames), torch.from_numpy(train.labels)
+    config = TrainConfig()  # its transform probability; no caption dropout
     history, running, started = [], None, time.perf_counter()
     for step in range(1, steps + 1):
-        index = torch.randint(0, len(frames_all), (batch_size,), generator=gen)
-        frames, labels = frames_all[index], labels_all[index]
-        for transform in training_data.TRANSFORMS:
-            chosen = torch.rand(batch_size, generator=gen) < 0.5
-            frames[chosen] = transform.frames(frames[chosen])
-            labels[chosen] = transform.labels(labels[chosen])
+        index = torch.randint(0, len(train.frames), (batch_size,), generator=gen)
+        frames, labels, _ = augment(train, index, config, gen)
         loss = nn.functional.cross_entropy(probe(frames), labels[:, _DIRECTION])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -175,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     specs = training_data.training_specs(args.seed, args.train_videos)
     held_spec = dataclasses.replace(training_data.HELD_OUT, num_videos=args.held_out_videos)
-    train = training_data.render_training_set(specs, cache=args.cache)
-    held = training_data.render_held_out(held_spec, cache=args.cache)
+    train = training_data.render_training_set(specs, cache=args.cache).as_training_set()
+    held = training_data.render_held_out(held_spec, cache=args.cache).as_training_set()
     print("| readout | step | train loss | held-out accuracy | frames played backwards |")
     print("| --- | --- | --- | --- | --- |")
     runs = {
@@ -203,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             "steps": args.steps,
             "lr": args.lr,
             "batch_size": args.batch_size,
-            "train_videos": len(train),
-            "held_out_videos": len(held),
+            "train_videos": len(train.frames),
+            "held_out_videos": len(held.frames),
             "chance": 0.25,
             "axis_only": 0.5,
             "runs": runs,

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.internvideo2 import InternVideo2, InternVideo2Config
 from models.internvideo2.evaluate import encode_clips, evaluate
 from models.internvideo2.tokenizer import TINY_VOCAB_WORDS, load_tokenizer, tokenize, write_vocab
-from models.internvideo2.train import TrainConfig, TrainingSet, checkpoint_state, train
+from models.internvideo2.train import TrainConfig, checkpoint_state, train
 from pipeline import retrieval_quality, training_data
 
 log = logging.getLogger("vidcat.train_demo_model")
@@ -147,12 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = train(
         model,
         tokenizer,
-        TrainingSet(
-            torch.from_numpy(train_set.frames),
-            torch.from_numpy(train_set.labels),
-            training_data.describe,
-            training_data.TRANSFORMS,
-        ),
+        train_set.as_training_set(),
         train_config,
         on_epoch=on_epoch,
     )

@@ -27,9 +27,10 @@ from pathlib import Path
 import av
 import numpy as np
 import pyarrow.parquet as pq
+import torch
 
 from models.internvideo2.losses import ANY
-from models.internvideo2.train import FrameTransform
+from models.internvideo2.train import FrameTransform, TrainingSet
 from pipeline.decode import DecodeConfig
 from pipeline.decode.child import decode_path
 from pipeline.sample_catalog import (
@@ -156,6 +157,13 @@ class VideoSet:
 
     def __len__(self) -> int:
         return len(self.captions)
+
+    def as_training_set(self) -> TrainingSet:
+        """The frames and labels as the trainer's clips, captioned by :func:`describe` and
+        augmented by :data:`TRANSFORMS` (shares the arrays, copies nothing)."""
+        return TrainingSet(
+            torch.from_numpy(self.frames), torch.from_numpy(self.labels), describe, TRANSFORMS
+        )
 
 
 def labels_of(video: SampleVideo) -> tuple[int, ...]:

@@ -36,13 +36,13 @@ from models.internvideo2.train import (
     PartnerBatches,
     TrainConfig,
     TrainingSet,
-    _augment,
     _reverse_partners,
     _reversed_slots,
-    _time_reversal,
+    augment,
     checkpoint_state,
     init_weights,
     matching_decoder_parameters,
+    time_reversal,
     train,
 )
 from pipeline import embed as embed_module
@@ -227,8 +227,8 @@ def test_reverse_partners_are_their_anchors_played_backwards():
     batches = PartnerBatches(data.labels, config.batch_size, config.partner_fraction, gen)
     slots = _reversed_slots(batches, config)
     assert slots == [(6, 2), (7, 3)]  # the last two partner slots, with their anchors
-    frames, video_labels, text_labels = _augment(data, batches.next(), config, gen)
-    _reverse_partners(frames, video_labels, text_labels, _time_reversal(data), slots)
+    frames, video_labels, text_labels = augment(data, batches.next(), config, gen)
+    _reverse_partners(frames, video_labels, text_labels, time_reversal(data), slots)
     for slot, anchor in slots:
         assert torch.equal(frames[slot], frames[anchor].flip(0))
         differs = (video_labels[slot] != video_labels[anchor]).tolist()

@@ -472,7 +472,7 @@ def _train(
         data.labels, config.batch_size, config.partner_fraction, gen, config.partner_weights
     )
     reversed_slots = _reversed_slots(batches, config)
-    reverse = _time_reversal(data) if reversed_slots else None
+    reverse = time_reversal(data) if reversed_slots else None
     result = TrainResult(temp=temp.detach())
     started = time.perf_counter()
     for epoch in range(config.epochs):
@@ -480,7 +480,7 @@ def _train(
         epoch_start = time.perf_counter()
         for _ in range(steps_per_epoch):
             index = batches.next()
-            frames, video_labels, text_labels = _augment(data, index, config, gen)
+            frames, video_labels, text_labels = augment(data, index, config, gen)
             if reversed_slots:
                 _reverse_partners(frames, video_labels, text_labels, reverse, reversed_slots)
             ids, mask = captions(text_labels)
@@ -581,7 +581,7 @@ def _train_matching(
     for epoch in range(config.matching_epochs):
         epoch_start, vtm_sum = time.perf_counter(), 0.0
         for _ in range(steps_per_epoch):
-            frames, video_labels, text_labels = _augment(data, batches.next(), config, gen)
+            frames, video_labels, text_labels = augment(data, batches.next(), config, gen)
             ids, mask = captions(text_labels)
             with torch.no_grad():
                 pixels = normalize_frames(frames, model.dtype, device)
@@ -625,7 +625,7 @@ def checkpoint_state(model: InternVideo2, temp: torch.Tensor) -> dict[str, dict]
     return {"model": state}
 
 
-def _augment(
+def augment(
     data: TrainingSet, index: torch.Tensor, config: TrainConfig, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Batch `index` with random caption-preserving transforms and caption dropout.
@@ -655,7 +655,8 @@ def _reversed_slots(batches: PartnerBatches, config: TrainConfig) -> list[tuple[
     return [(batches.num_anchors + j, j) for j in range(first, batches.num_partners)]
 
 
-def _time_reversal(data: TrainingSet) -> FrameTransform:
+def time_reversal(data: TrainingSet) -> FrameTransform:
+    """The transform of `data` that plays the frames backwards (and nothing else)."""
     for transform in data.transforms:
         if transform.flip_time and not transform.flip_width:
             return transform
