@@ -122,6 +122,7 @@ def train_probe(
 ) -> list[dict]:
     """Train one probe; the held-out accuracies every `eval_every` steps and at the end."""
     gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the head's default initialization draws from the global RNG
     probe = Probe(readout, gen)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=0.05)
     warmup = min(100, steps // 10)

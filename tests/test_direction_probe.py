@@ -44,6 +44,18 @@ def test_probe_trains_and_reports_both_readouts(tmp_path):
     assert "| readout | step |" in done.stdout and "frames / pooled" in done.stdout
     assert "| pooled | 3 |" in done.stdout and "| frames | 3 |" in done.stdout
     assert "INFO" not in done.stdout
+    # The same seed gives the same numbers (the frames now come from the cache).
+    again = _run(
+        "--steps", "3", "--eval-every", "2", "--train-videos", "12", "--held-out-videos", "6",
+        "--threads", "1", "--cache", str(tmp_path / "cache"), "--json", str(tmp_path / "2.json"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    second = json.loads((tmp_path / "2.json").read_text())
+    for readout, history in result["runs"].items():
+        for first_row, second_row in zip(history, second["runs"][readout], strict=True):
+            first_row.pop("seconds"), second_row.pop("seconds")
+            assert first_row == second_row
 
 
 @pytest.mark.parametrize("args", [["--steps", "0"], ["--lr", "-1"], ["--eval-every", "0"]])
