@@ -19,9 +19,9 @@ It prints, every `--eval-every` steps, the held-out 4-way accuracy of each (chan
 flipped: a model that reads motion keeps its accuracy), then the ratio of the two
 readouts at the end. On 2026-12-06 (3,000 training videos, 1,250 steps, `results/
 direction_probe.json`): the frames readout learnt the sign (train loss 0.52, below the
-0.69 = ln 2 of a model that knows only the axis; held-out 0.73 after 1,000 steps, 0.63
-with the frames played backwards) where the pooled one stayed at the axis (train loss
-0.80, held-out 0.56, backwards 0.36). Probes outside this script got the same with the
+0.69 = ln 2 of a model that knows only the axis; held-out 0.72, 0.67 with the frames
+played backwards) where the pooled one stayed at the axis (train loss 0.84, held-out
+0.56, backwards 0.41). Probes outside this script got the same with the
 pooling's heads started, or frozen, on one frame each, and with the attention replaced by
 exact per-frame means followed by the pooling's own value and output projections: the
 blocks find where the shape is in each frame, and the sign is lost, or learnt far slower,
