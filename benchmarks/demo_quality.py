@@ -9,7 +9,9 @@ embeds the catalog with `jobs/embed_catalog.py` and queries every distinct capti
 `CatalogSearch`: text→video R@1/R@5 and per-attribute top-1 accuracy, with and without
 re-ranking, video→video top-1 of the re-encoded copies, and the caption choice per
 attribute (does each video's own caption beat those differing in that attribute alone),
-also with every clip's frames played backwards (the direction choice should flip). Prints
+also with every clip's frames played backwards, scored against the clip's own caption (the
+direction choice should fall to 0) and against the caption of what the reversed clip shows,
+its direction reversed (every attribute should stay as it was). Prints
 a Markdown table on stdout and writes the JSON with `--json`. Everything is made under a
 temporary directory (or `--work`).
 """
@@ -51,10 +53,13 @@ def table(result: dict) -> str:
     if "copies" in result:
         lines.append(f"| re-encoded copy → original top-1 | {result['copies']['top1']:.3f} | |")
     choice, backwards = result["caption_choice"], result["caption_choice_reversed_frames"]
+    relabelled = result["caption_choice_reversed_relabelled"]
+    for name in ATTRIBUTES:
+        lines.append(f"| caption choice: {name} | {choice[name]:.3f} | |")
     for name in ATTRIBUTES:
         lines.append(
-            f"| caption choice: {name} (frames played backwards) | {choice[name]:.3f} "
-            f"({backwards[name]:.3f}) | |"
+            f"| frames played backwards, caption choice: {name} (own caption / reversed "
+            f"caption) | {backwards[name]:.3f} / {relabelled[name]:.3f} | |"
         )
     return "\n".join(lines)
 
@@ -84,8 +89,12 @@ def main(argv: list[str] | None = None) -> int:
             result = rq.measure(search, catalog, rerank_k=args.rerank_k)
             model = ModelSpec(model=args.model).build("cpu", torch.float32)
             backwards = {k: v[::-1] for k, v in rq.decode_catalog(catalog).items()}
+            reversed_vectors = rq.embed_in_process(model, backwards)
             result["caption_choice_reversed_frames"] = rq.caption_choice(
-                search, catalog, rq.embed_in_process(model, backwards)
+                search, catalog, reversed_vectors
+            )
+            result["caption_choice_reversed_relabelled"] = rq.caption_choice(
+                search, rq.played_backwards(catalog), reversed_vectors
             )
         finally:
             search.close()

@@ -47,7 +47,8 @@ CAPTION_DROPOUT = (0.0, 0.0, 0.25, 0.0)
 #: Share of each batch that are anchors played backwards (see `TrainConfig.reverse_partners`).
 #: Off for the committed checkpoint: at 0.25, 36 epochs gave held-out R@1 0.783 (0.896
 #: without), re-ranked 0.226 (0.783) and still no sense of frame order (the model card's
-#: "Tried and not adopted").
+#: "Tried and not adopted"; that was before the position table's space-time products, with
+#: which the model reads frame order without them).
 REVERSE_PARTNERS = 0.0
 
 
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--matching-weight", type=float, default=defaults.matching_weight)
     p.add_argument("--uniform-negatives", type=float, default=defaults.uniform_negatives)
     p.add_argument("--time-position-scale", type=float, default=defaults.time_position_scale)
+    p.add_argument("--motion-position-scale", type=float, default=defaults.motion_position_scale)
     p.add_argument("--cross-attention-init", type=float, default=defaults.cross_attention_init)
     p.add_argument(
         "--partner-weights",
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
             matching_weight=args.matching_weight,
             uniform_negatives=args.uniform_negatives,
             time_position_scale=args.time_position_scale,
+            motion_position_scale=args.motion_position_scale,
             cross_attention_init=args.cross_attention_init,
             matching_epochs=args.matching_epochs,
             partner_weights=args.partner_weights,

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,15 @@ import pyarrow.parquet as pq
 
 from . import schema
 from .sample_catalog import CAPTION, make_sample_catalog, sample_videos
-from .training_data import ATTRIBUTES, VALUES, CatalogSpec, describe, labels_of, reencode
+from .training_data import (
+    ATTRIBUTES,
+    TRANSFORMS,
+    VALUES,
+    CatalogSpec,
+    describe,
+    labels_of,
+    reencode,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +220,24 @@ def caption_choice(
             best = max(options, key=lambda o: o[1])[0]
             right[name].append(best == own[a])
     return {name: float(np.mean(v)) for name, v in right.items()}
+
+
+def played_backwards(catalog: HeldOutCatalog) -> HeldOutCatalog:
+    """The catalog as its clips played backwards show it: each video's direction reversed
+    (left↔right, up↔down: the training data's "reverse" transform), its caption to match.
+    Scoring reversed clips against it asks whether a model sees the video of the opposite
+    direction, and still the same shape and colours."""
+    (reverse,) = (t for t in TRANSFORMS if t.flip_time)
+
+    def flip(labels: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(
+            label if mapping is None else mapping[label]
+            for label, mapping in zip(labels, reverse.relabel, strict=True)
+        )
+
+    labels = {video_id: flip(own) for video_id, own in catalog.labels.items()}
+    captions = {video_id: describe(own) for video_id, own in labels.items()}
+    return replace(catalog, labels=labels, captions=captions)
 
 
 def measure(search: Any, catalog: HeldOutCatalog, rerank_k: int = 32) -> dict[str, Any]:

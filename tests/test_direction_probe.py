@@ -40,6 +40,7 @@ def test_probe_trains_and_reports_both_readouts(tmp_path):
             # 6 held-out clips: every accuracy is a count of them
             assert row["held_out"] * 6 == pytest.approx(round(row["held_out"] * 6), abs=1e-3)
     assert result["train_videos"] == 12 and result["held_out_videos"] == 6
+    assert result["motion_position_scale"] == 8.0  # the training script's initialization
     # The table and the ratio go to stdout, the logs to stderr.
     assert "| readout | step |" in done.stdout and "frames / pooled" in done.stdout
     assert "| pooled | 3 |" in done.stdout and "| frames | 3 |" in done.stdout
@@ -58,7 +59,10 @@ def test_probe_trains_and_reports_both_readouts(tmp_path):
             assert first_row == second_row
 
 
-@pytest.mark.parametrize("args", [["--steps", "0"], ["--lr", "-1"], ["--eval-every", "0"]])
+@pytest.mark.parametrize(
+    "args",
+    [["--steps", "0"], ["--lr", "-1"], ["--eval-every", "0"], ["--motion-position-scale", "-1"]],
+)
 def test_bad_settings_exit_2_before_any_work(tmp_path, args):
     done = _run(*args, "--cache", str(tmp_path / "cache"), cwd=tmp_path)
     assert done.returncode == 2

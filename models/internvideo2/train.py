@@ -117,6 +117,14 @@ class TrainConfig:
         time_position_scale: factor on the frame-index channels of the initial vision
             position embeddings (:func:`position_table`). At 1 they were a sixteenth of the
             trained patch tokens' norm and the model never used frame order.
+        motion_position_scale: factor on the space-time product channels of the initial
+            vision position embeddings (:func:`position_table`), whose patch-embedding
+            rows start at 0; 0: no such channels (the frame channels keep all their
+            frequencies). Without them no recipe learnt frame order (a clip played
+            backwards kept its embedding, cosine 0.9999); at 1, with the patch embedding
+            writing those channels as the others, neither: the patch tokens grew to an
+            RMS of 6 against the products' 0.5. At 8 with those rows at 0 the held-out
+            direction choice was 0.98, and 0.01 with the frames played backwards.
         token_rms_max, token_rms_weight: the vision tokens' root-mean-square above
             `token_rms_max` costs `token_rms_weight` times its square. The contrastive path
             pools the tokens through LayerNorms and is blind to their scale, so without
@@ -151,6 +159,7 @@ class TrainConfig:
     matching_lr: float = 1e-3
     matching_reinit: bool = False
     time_position_scale: float = 1.0
+    motion_position_scale: float = 8.0
     token_rms_max: float = 2.0
     token_rms_weight: float = 0.1
 
@@ -159,6 +168,8 @@ class TrainConfig:
             raise ValueError("need epochs >= 1, batch_size >= 2 and matching_epochs >= 0")
         if self.lr <= 0 or self.matching_lr <= 0:
             raise ValueError("learning rates must be positive")
+        if self.motion_position_scale < 0:
+            raise ValueError("motion_position_scale must be >= 0")
         if not 0 < self.temp_min <= self.temp_init <= self.temp_max:
             raise ValueError("need 0 < temp_min <= temp_init <= temp_max")
         probabilities = (
@@ -304,6 +315,7 @@ def init_weights(
     qk_norm_init: float,
     time_position_scale: float = 1.0,
     cross_attention_init: float = 0.0,
+    motion_position_scale: float = 0.0,
 ) -> None:
     """Initialize a small model for training from scratch.
 
@@ -311,7 +323,9 @@ def init_weights(
     scale through 32- to 64-wide layers (BERT's N(0, 0.02) would leave such narrow layers
     nearly linear), biases 0, norms and LayerScale 1. Embeddings, position embeddings and
     the cls token are N(0, 0.02), but the vision position embeddings start as
-    :func:`position_table`. The vision blocks' QK-norm weights start at
+    :func:`position_table`, with `motion_position_scale` on its space-time product
+    channels, which the patch embedding leaves at 0 (its rows for them start at 0, so the
+    shape's colour does not blur them). The vision blocks' QK-norm weights start at
     `qk_norm_init`: QK-norm bounds the attention logits by the norm weights, and at 1 the
     attention over ~200 tokens stays nearly uniform, so a few shape tokens cannot stand out.
     The matching decoder's cross-attention has no QK-norm: its query and key weights start
@@ -328,12 +342,20 @@ def init_weights(
         vision = model.config.vision
         grid = round(vision.patches_per_frame**0.5)
         encoder = model.vision_encoder
-        table = position_table(vision.num_frames, grid, vision.embed_dim, time_position_scale)
+        table = position_table(
+            vision.num_frames, grid, vision.embed_dim, time_position_scale, motion_position_scale
+        )
         encoder.pos_embed.copy_(table)
+        if motion_position_scale:
+            motion = motion_channels(vision.embed_dim)
+            encoder.patch_embed.proj.weight[motion] = 0
+            encoder.patch_embed.proj.bias[motion] = 0
         encoder.img_pos_embed.copy_(position_table(1, grid, vision.embed_dim))
 
 
-def position_table(frames: int, grid: int, dim: int, time_scale: float = 1.0) -> torch.Tensor:
+def position_table(
+    frames: int, grid: int, dim: int, time_scale: float = 1.0, motion_scale: float = 0.0
+) -> torch.Tensor:
     """Initial vision position embeddings `[1, 1 + frames * grid * grid, dim]`: sines and
     cosines of the frame index (a quarter of the channels) and of the patch row and column
     (the rest, split evenly), each over geometric frequencies from 1 down; the cls row is 0.
@@ -343,16 +365,49 @@ def position_table(frames: int, grid: int, dim: int, time_scale: float = 1.0) ->
     embedding to a clip played backwards (cosine 1.0000), so it could not tell the
     direction of motion, only where the shape tends to be. Entries here are in [-1, 1],
     the frame channels times `time_scale`.
+
+    Sums of a frame part and a patch part cannot tell a clip from itself played backwards
+    once pooled: a shape visits the same patches either way, in the other order, and any
+    linear readout of the visited tokens adds the same terms. So when `motion_scale` is not
+    0 (and there are several frames), the frame channels' lowest frequencies, which barely
+    change over a few frames, carry instead the patch column and row, each in [-1, 1],
+    times the frame's place in the clip (-1 first, 1 last), times `motion_scale`
+    (:func:`motion_channels`): summed over a shape's tokens these give the slope of its
+    path, which flips sign when the clip is played backwards.
     """
-    time_dim = max(2, dim // 4 // 2 * 2)
-    space_dim = (dim - time_dim) // 4 * 2
-    time_dim = dim - 2 * space_dim
+    time_dim = _time_channels(dim)
+    space_dim = (dim - time_dim) // 2
     t, y, x = torch.meshgrid(
         torch.arange(frames), torch.arange(grid), torch.arange(grid), indexing="ij"
     )
     parts = [_waves(t, time_dim) * time_scale, _waves(y, space_dim), _waves(x, space_dim)]
     table = torch.cat(parts, dim=1)
+    if motion_scale and frames > 1:
+        place = _centred(t, frames)
+        column, row = _centred(x, grid), _centred(y, grid)
+        channels = motion_channels(dim)
+        pairs = [column * place, row * place] * (len(channels) // 2)
+        table[:, channels] = torch.stack(pairs, 1) * motion_scale
     return torch.cat([torch.zeros(1, dim), table]).unsqueeze(0)
+
+
+def motion_channels(dim: int) -> list[int]:
+    """Channels of :func:`position_table` that carry space-time products: the sines and
+    cosines of the frame channels' lower half of frequencies."""
+    half = _time_channels(dim) // 2
+    low = range(half // 2, half)
+    return [*low, *(half + i for i in low)]
+
+
+def _time_channels(dim: int) -> int:
+    time_dim = max(2, dim // 4 // 2 * 2)
+    return dim - 2 * ((dim - time_dim) // 4 * 2)
+
+
+def _centred(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Flattened `index` in 0..size-1 mapped linearly onto [-1, 1]."""
+    half = (size - 1) / 2
+    return (index.flatten().float() - half) / half
 
 
 def _waves(index: torch.Tensor, dim: int) -> torch.Tensor:
@@ -450,7 +505,12 @@ def _train(
 ) -> TrainResult:
     gen = torch.Generator().manual_seed(config.seed)
     init_weights(
-        model, gen, config.qk_norm_init, config.time_position_scale, config.cross_attention_init
+        model,
+        gen,
+        config.qk_norm_init,
+        config.time_position_scale,
+        config.cross_attention_init,
+        config.motion_position_scale,
     )
     model.requires_grad_(True)
     model.train()
