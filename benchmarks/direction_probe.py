@@ -101,7 +101,7 @@ def accuracy(probe: Probe, held: TrainingSet, backwards: bool) -> float:
     """Held-out 4-way accuracy; `backwards` plays every clip backwards and flips its label."""
     frames, labels = held.frames, held.labels
     if backwards:
-        reverse = time_reversal(held)
+        reverse = time_reversal(held.transforms)
         frames, labels = reverse.frames(frames), reverse.labels(labels)
     probe.eval()
     with torch.inference_mode():

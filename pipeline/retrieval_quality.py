@@ -39,6 +39,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+import torch
+
+from models.internvideo2.train import time_reversal
 
 from . import schema
 from .sample_catalog import CAPTION, make_sample_catalog, sample_videos
@@ -227,15 +230,11 @@ def played_backwards(catalog: HeldOutCatalog) -> HeldOutCatalog:
     (left↔right, up↔down: the training data's "reverse" transform), its caption to match.
     Scoring reversed clips against it asks whether a model sees the video of the opposite
     direction, and still the same shape and colours."""
-    (reverse,) = (t for t in TRANSFORMS if t.flip_time)
-
-    def flip(labels: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(
-            label if mapping is None else mapping[label]
-            for label, mapping in zip(labels, reverse.relabel, strict=True)
-        )
-
-    labels = {video_id: flip(own) for video_id, own in catalog.labels.items()}
+    reverse = time_reversal(TRANSFORMS)
+    ids = list(catalog.labels)
+    before = torch.tensor([catalog.labels[v] for v in ids], dtype=torch.long)
+    flipped = reverse.labels(before.reshape(len(ids), len(ATTRIBUTES))).tolist()
+    labels = {video_id: tuple(own) for video_id, own in zip(ids, flipped, strict=True)}
     captions = {video_id: describe(own) for video_id, own in labels.items()}
     return replace(catalog, labels=labels, captions=captions)
 

@@ -230,7 +230,7 @@ def test_reverse_partners_are_their_anchors_played_backwards():
     slots = _reversed_slots(batches, config)
     assert slots == [(6, 2), (7, 3)]  # the last two partner slots, with their anchors
     frames, video_labels, text_labels = augment(data, batches.next(), config, gen)
-    _reverse_partners(frames, video_labels, text_labels, time_reversal(data), slots)
+    _reverse_partners(frames, video_labels, text_labels, time_reversal(data.transforms), slots)
     for slot, anchor in slots:
         assert torch.equal(frames[slot], frames[anchor].flip(0))
         differs = (video_labels[slot] != video_labels[anchor]).tolist()

@@ -532,7 +532,7 @@ def _train(
         data.labels, config.batch_size, config.partner_fraction, gen, config.partner_weights
     )
     reversed_slots = _reversed_slots(batches, config)
-    reverse = time_reversal(data) if reversed_slots else None
+    reverse = time_reversal(data.transforms) if reversed_slots else None
     result = TrainResult(temp=temp.detach())
     started = time.perf_counter()
     for epoch in range(config.epochs):
@@ -715,12 +715,12 @@ def _reversed_slots(batches: PartnerBatches, config: TrainConfig) -> list[tuple[
     return [(batches.num_anchors + j, j) for j in range(first, batches.num_partners)]
 
 
-def time_reversal(data: TrainingSet) -> FrameTransform:
-    """The transform of `data` that plays the frames backwards (and nothing else)."""
-    for transform in data.transforms:
+def time_reversal(transforms: Sequence[FrameTransform]) -> FrameTransform:
+    """The one of `transforms` that plays the frames backwards (and nothing else)."""
+    for transform in transforms:
         if transform.flip_time and not transform.flip_width:
             return transform
-    raise ValueError("reverse_partners needs a time-reversing transform in data.transforms")
+    raise ValueError("no transform plays the frames backwards (and nothing else)")
 
 
 def _reverse_partners(
